@@ -1,0 +1,46 @@
+# The README's two commands: `make quickstart` and `make test`. Both build .venv from this repo's own files.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# glibc allocator settings (NOTES-cpu-training.md): must be in the environment before Python starts.
+export MALLOC_MMAP_THRESHOLD_ := 4294967296
+export MALLOC_TRIM_THRESHOLD_ := 68719476736
+export MALLOC_TOP_PAD_ := 1073741824
+export HF_HUB_OFFLINE := 1
+
+.PHONY: venv quickstart test bench system-packages clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check torch==2.14.1 torchvision==0.29.1
+	$(BIN)/pip install --quiet --disable-pip-version-check -e '.[dev]'
+	@$(MAKE) --no-print-directory system-packages
+	touch $(STAMP)
+
+# Optional Debian data (Fashion-MNIST suite); installed when we are root, otherwise explained.
+system-packages:
+	@if [ -d /usr/share/datasets/fashion-mnist ]; then :; \
+	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
+	  (apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1 || \
+	   (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq dataset-fashion-mnist >/dev/null 2>&1)) \
+	  && echo "installed dataset-fashion-mnist" \
+	  || echo "note: could not install dataset-fashion-mnist (only suites/fashion.yaml needs it)"; \
+	else echo "note: suites/fashion.yaml needs 'apt-get install dataset-fashion-mnist' (as root)"; fi
+
+quickstart: $(STAMP)
+	$(BIN)/bench run suites/quickstart.yaml
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/bench validate suites/*.yaml
+
+bench: $(STAMP)
+	$(BIN)/python -m pytest -q -p no:cacheprovider benchmarks
+
+clean:
+	rm -rf $(VENV) runs

@@ -1,0 +1,141 @@
+"""The contracts between the harness's rooms (see DESIGN.md, "Contracts").
+
+Datasets hand out images and captions, systems turn captions into images,
+metrics stream over `SampleBatch`es and return `MetricValue`s; the runner turns
+those into provenance-carrying result rows (bench/results.py).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+
+class UserError(Exception):
+    """An error the user caused (bad suite, missing file, wrong shape).
+
+    The CLI prints `str(err)` as one line and exits with status 2.
+    """
+
+
+@dataclass(frozen=True)
+class CaptionItem:
+    caption_id: int
+    caption: str
+    info: dict  # ground truth: attributes, class, split tag ("seen" / "held-out"), ...
+
+
+@dataclass
+class SampleBatch:
+    """What metrics see: one batch of generated images and the captions behind them."""
+
+    images: Tensor  # uint8 [B,3,H,W]
+    captions: list[str]
+    caption_ids: list[int]
+    info: list[dict]
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.ndim != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"SampleBatch.images must be uint8 [B,3,H,W], got {self.images.dtype} {tuple(self.images.shape)}")
+        n = self.images.shape[0]
+        if not (len(self.captions) == len(self.caption_ids) == len(self.info) == n):
+            raise ValueError("SampleBatch fields disagree in length")
+
+
+@runtime_checkable
+class System(Protocol):
+    uses_captions: bool  # True if any part was trained on captions other than the CLIP stand-in
+
+    def generate(self, captions: list[str], caption_ids: list[int], seeds: list[int]) -> Tensor:
+        """uint8 [B,3,H,W]; image b must depend only on (captions[b], caption_ids[b], seeds[b])."""
+        ...
+
+
+@dataclass(frozen=True)
+class MetricValue:
+    """One number a metric measured. The runner adds the provenance (suite, system, seed, ...)."""
+
+    metric: str  # e.g. "fd-effnet-lite0", "kid", "clip-score", "attribute-accuracy"
+    variant: str  # e.g. "blur=1", "held-out/colour", "" when there is none
+    value: float
+    n: int  # how many samples the number rests on
+    extra: dict = field(default_factory=dict)  # metric-specific provenance (JSON-able)
+
+
+@dataclass
+class TimingRecord:
+    """One timed `generate` call (after warm-up, device synchronised)."""
+
+    seconds: float
+    images: int
+    tokens: int = 0  # tokens sampled, for autoregressive systems
+    peak_memory_bytes: int = 0
+    batch_size: int = 0
+    device: str = "cpu"
+
+
+@dataclass
+class RunContext:
+    """What `Metric.compute` may use."""
+
+    suite: str
+    dataset: Any  # bench.datasets.base.Dataset
+    device: str
+    cache_dir: str
+    system_alias: str
+    system: Any  # the System being evaluated
+    timings: list[TimingRecord]
+    component: Callable[[str], Any]  # name -> built component (CLIP, VQGAN, judge, captioner, ...)
+    per_caption: dict = field(default_factory=dict)  # metrics may leave per-caption values here (caption_id -> {metric: value})
+
+    def iter_reference_images(self, batch_size: int = 256) -> Iterator[Tensor]:
+        """Real images behind the reference statistics, uint8 [B,3,H,W] batches."""
+        return self.dataset.iter_reference_images(batch_size)
+
+    def reference_key(self) -> dict:
+        """Names the reference set: dataset, split, count, resolution (for cache keys)."""
+        return self.dataset.reference_key()
+
+
+class Metric(Protocol):
+    def update(self, batch: SampleBatch) -> None: ...
+
+    def compute(self, ctx: RunContext) -> list[MetricValue]: ...
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A named component from a suite's `components:` section."""
+
+    name: str
+    kind: str  # registry key in COMPONENTS: "clip", "vqgan", "attribute-judge", "captioner", ...
+    path: str | None  # load from here ...
+    train: Any  # ... or train from this (the kind's args dataclass instance), exactly one of the two
+
+
+class BuildContext(Protocol):
+    """What component and system factories get (implemented in bench/build.py)."""
+
+    dataset: Any  # bench.datasets.base.Dataset
+    device: str
+    cache_dir: str
+
+    def component(self, name: str) -> Any:
+        """A declared component by name, built once and shared."""
+        ...
+
+    def cached(self, kind: str, key: dict, train: Callable[[], Any],
+               save: Callable[[Any, str], None], load: Callable[[str], Any]) -> Any:
+        """Load the artefact stored under hash(kind, key) in the cache, or train, save atomically, return.
+
+        `key` must name everything that shapes the artefact (spec, dataset identity,
+        dependencies' keys); the package version and `kind` are added for you.
+        `save(obj, dir)` writes files into a fresh temp dir; `load(dir)` reads them.
+        """
+        ...
+
+    def key_of(self, name: str) -> dict:
+        """The cache key of a declared component (to fold into a dependent's key)."""
+        ...

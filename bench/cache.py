@@ -1,0 +1,61 @@
+"""The one cache directory (env BENCH_CACHE, default ~/.cache/clipgen-bench) and atomic writes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import bench
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "clipgen-bench")).expanduser()
+
+
+def key_hash(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def cached_artefact(root: str | Path, kind: str, key: dict, train: Callable[[], Any],
+                    save: Callable[[Any, str], None], load: Callable[[str], Any]) -> Any:
+    """Load `<root>/<kind>/<hash>` if complete, else train, save into a temp dir, rename into place."""
+    full_key = {"kind": kind, "key": key, "bench_version": bench.__version__}
+    target = Path(root) / kind / key_hash(full_key)
+    if (target / "key.json").exists():
+        return load(str(target))
+    obj = train()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        save(obj, str(tmp))
+        (tmp / "key.json").write_text(json.dumps(full_key, indent=1, sort_keys=True, default=str))
+        try:
+            tmp.rename(target)
+        except OSError:  # another process finished first: theirs is as good as ours
+            shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return obj
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode())

@@ -1,0 +1,203 @@
+"""`bench`: run, validate, ls, report, compare, info.
+
+User mistakes (bad suite, missing files, bad input) end with one line on stderr
+and exit status 2; nothing is left half-written.
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+
+# glibc returns freed memory to the kernel eagerly; on these CPUs that made training
+# steps ~8x slower (page faults). The settings only act if present when the process
+# starts, so `main` re-executes itself once with them.
+ALLOCATOR_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": "4294967296",
+    "MALLOC_TRIM_THRESHOLD_": "68719476736",
+    "MALLOC_TOP_PAD_": "1073741824",
+}
+
+
+def ensure_allocator_env() -> None:
+    if all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()) or os.environ.get("BENCH_NO_REEXEC") == "1":
+        return
+    env = {**os.environ, **ALLOCATOR_ENV, "BENCH_NO_REEXEC": "1"}  # never loop
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "bench", *sys.argv[1:]], env)
+
+
+def _fail(message: str) -> None:
+    click.echo(f"error: {message}", err=True)
+    sys.exit(2)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def cli() -> None:
+    """clipgen-bench: train or load CLIP-GEN and baselines, generate, and measure."""
+
+
+@cli.command()
+@click.argument("suite_path", metavar="SUITE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="override any suite key (repeatable)")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="only the first N eval captions")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
+              help="run folder (default runs/<suite>/); rerunning resumes there")
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--fresh", is_flag=True, help="delete the run folder first instead of resuming")
+@click.option("--quiet", is_flag=True, help="no progress bars")
+def run(suite_path, overrides, limit, out_dir, device, fresh, quiet) -> None:
+    """Run SUITE: train or load what it names, generate, measure, print the table."""
+    from bench.api import UserError
+    from bench.suite import load_suite
+
+    try:
+        suite = load_suite(suite_path, overrides)
+        from bench.report import sample_grid
+        from bench.results import load_per_caption, markdown
+        from bench.runner import Runner
+
+        runner = Runner(suite, out_dir=out_dir, device=device, limit=limit, fresh=fresh, progress=not quiet)
+        results = runner.run()
+    except UserError as err:
+        _fail(str(err))
+    df = results.frame()
+    click.echo(f"\n{suite.suite} v{suite.version} ({len(df)} rows) -> {runner.out}/results.csv\n")
+    click.echo(markdown(df, load_per_caption(runner.out)))
+    from bench.registry import DATASETS
+
+    dataset = DATASETS.get(suite.dataset.name).factory(suite.dataset.args)
+    items = dataset.eval_captions()[: limit or None]
+    grid = sample_grid(runner.out, {it.caption_id: it.caption for it in items}, [s.alias for s in suite.systems],
+                       suite.generation.seeds[0])
+    if grid:
+        click.echo(f"\nsample grid: {grid}")
+
+
+@cli.command()
+@click.argument("suite_paths", nargs=-1, required=True, metavar="SUITE...")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+def validate(suite_paths, overrides) -> None:
+    """Check SUITE files' schema and names (needs no data and no weights)."""
+    from bench.api import UserError
+    from bench.suite import load_suite
+
+    failed = False
+    for path in suite_paths:
+        try:
+            suite = load_suite(path, overrides)
+        except UserError as err:
+            click.echo(str(err), err=True)
+            failed = True
+            continue
+        click.echo(f"ok  {path}: {suite.suite} v{suite.version}, {len(suite.components)} components, "
+                   f"{len(suite.systems)} systems, {len(suite.metrics)} metrics")
+    if failed:
+        sys.exit(2)
+
+
+@cli.command(name="ls")
+def ls_() -> None:
+    """List datasets, systems, metrics, component kinds and presets."""
+    from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
+
+    for title, reg in (("datasets", DATASETS), ("systems", SYSTEMS), ("metrics", METRICS),
+                       ("component kinds", COMPONENTS)):
+        click.echo(f"{title}:")
+        for e in reg.entries():
+            click.echo(f"  {e.name:<22} {e.description}")
+    presets = _presets()
+    if presets:
+        click.echo("presets:")
+        for name, desc in presets:
+            click.echo(f"  {name:<22} {desc}")
+
+
+def _presets() -> list[tuple[str, str]]:
+    out = []
+    try:
+        from reference.configs import PRESETS, describe_preset
+    except ImportError:
+        return out
+    for name in PRESETS:
+        out.append((name, describe_preset(name)))
+    return out
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--latex", "want_latex", is_flag=True, help="also print LaTeX")
+def report(run_dir, want_latex) -> None:
+    """Re-print a run's tables; write results.md and results.tex beside them."""
+    from pathlib import Path
+
+    from bench.cache import atomic_write_text
+    from bench.results import latex, load_per_caption, markdown, read_frame
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "results.csv").exists() and not (run_dir / "results.parquet").exists():
+        _fail(f"{run_dir} has no results.csv: run `bench run SUITE --out {run_dir}` first")
+    df = read_frame(run_dir)
+    per_caption = load_per_caption(run_dir)
+    md = markdown(df, per_caption)
+    tex = latex(df, per_caption)
+    atomic_write_text(run_dir / "results.md", md + "\n")
+    atomic_write_text(run_dir / "results.tex", tex)
+    click.echo(md)
+    if want_latex:
+        click.echo("\n" + tex)
+    click.echo(f"\nwrote {run_dir / 'results.md'} and {run_dir / 'results.tex'}")
+
+
+@cli.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("baseline_csv", type=click.Path(dir_okay=False))
+@click.option("--tolerances", type=click.Path(dir_okay=False), default=None,
+              help="tolerance file (default: <baseline>.tolerances.yaml beside the baseline)")
+def compare(run_dir, baseline_csv, tolerances) -> None:
+    """Exit 0 if every gated number of RUN_DIR is within tolerance of BASELINE_CSV, 1 otherwise."""
+    from bench.api import UserError
+    from bench.gates import compare_run
+
+    try:
+        ok, table = compare_run(run_dir, baseline_csv, tolerances)
+    except UserError as err:
+        _fail(str(err))
+    click.echo(table)
+    sys.exit(0 if ok else 1)
+
+
+@cli.command()
+def info() -> None:
+    """Print the runtime settings bench runs with (allocator, threads, denormals, devices)."""
+    import torch
+
+    from bench.build import default_threads
+    from bench.cache import cache_dir
+
+    torch.set_flush_denormal(True)
+    for k in ALLOCATOR_ENV:
+        click.echo(f"{k}={os.environ.get(k, '(unset)')}")
+    click.echo(f"threads={default_threads()}")
+    click.echo(f"torch={torch.__version__} cuda_available={torch.cuda.is_available()}")
+    click.echo(f"BENCH_CACHE={cache_dir()}")
+
+
+def _add_optional_commands() -> None:
+    try:
+        from bench.cli_data import data
+    except ImportError:
+        return
+    cli.add_command(data)
+
+
+def main() -> None:
+    ensure_allocator_env()
+    _add_optional_commands()
+    cli(prog_name="bench")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,46 @@
+"""What every dataset offers the harness. Only bench/datasets/ reads image or caption files."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Iterator
+
+from torch import Tensor
+
+from bench.api import CaptionItem
+
+
+class Dataset(ABC):
+    name: str
+    resolution: int  # images come out uint8 [.,3,resolution,resolution]
+
+    @abstractmethod
+    def identity(self) -> dict:
+        """Everything that shapes the data (name, resolution, seed, sizes, held-out set): part of every cache key."""
+
+    @abstractmethod
+    def eval_captions(self) -> list[CaptionItem]:
+        """The captions systems generate for; each `info` carries the ground truth and a `split` tag."""
+
+    @abstractmethod
+    def train_images(self) -> Tensor:
+        """Image-only training set (VQGAN, language-free GPT): uint8 [N,3,H,W]. No captions, ever."""
+
+    @abstractmethod
+    def pairs(self) -> tuple[Tensor, list[str], list[dict]]:
+        """Captioned pairs for the CLIP stand-in and the evaluators: images uint8 [N,3,H,W], captions, info."""
+
+    @abstractmethod
+    def real_images(self, items: list[CaptionItem], seeds: list[int]) -> Tensor:
+        """Real images for these captions, disjoint from the reference set (the `real-images` floor)."""
+
+    @abstractmethod
+    def iter_reference_images(self, batch_size: int = 256) -> Iterator[Tensor]:
+        """The real images behind the reference statistics (FD, KID), uint8 batches."""
+
+    @abstractmethod
+    def reference_key(self) -> dict:
+        """Names the reference set: dataset identity, split, count, resolution."""
+
+    def attributes(self) -> dict[str, list[str]]:
+        """Attribute name -> its values, for judges (empty for datasets without attributes)."""
+        return {}

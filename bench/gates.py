@@ -1,0 +1,109 @@
+"""CI gates: compare a run's numbers with a committed baseline under per-number tolerances.
+
+Tolerance file (YAML, default `<baseline>.tolerances.yaml` beside the baseline CSV):
+
+    gates:
+      - {metric: attribute-accuracy, variant: seen/all, better: higher, max_move: 0.05}
+      - {metric: fd-effnet-lite0, variant: blur=0, better: lower, max_move: 5.0}
+      - {metric: speed-ratio, variant: kv-cache, better: higher, max_move_pct: 30}
+
+A gate applies to every system that has the number in the baseline (or only to
+`system:` when given). The compared value is the mean over seeds. A number
+moving the bad way by more than `max_move` (absolute) or `max_move_pct`
+(percent of the baseline) fails; a gated number missing from the run fails too.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from bench.api import UserError
+
+
+@dataclass(frozen=True)
+class Gate:
+    metric: str
+    variant: str
+    better: str  # "higher" | "lower"
+    max_move: float | None
+    max_move_pct: float | None
+    system: str | None
+
+
+def load_gates(path: Path) -> list[Gate]:
+    if not path.exists():
+        raise UserError(f"{path}: tolerance file not found (give --tolerances or put it beside the baseline)")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML: {err}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("gates"), list) or not data["gates"]:
+        raise UserError(f"{path}: expected a mapping with a non-empty list under gates:")
+    gates = []
+    for i, g in enumerate(data["gates"]):
+        if not isinstance(g, dict) or "metric" not in g or g.get("better") not in ("higher", "lower"):
+            raise UserError(f"{path}: gates[{i}]: needs metric: and better: higher|lower")
+        if (g.get("max_move") is None) == (g.get("max_move_pct") is None):
+            raise UserError(f"{path}: gates[{i}]: give exactly one of max_move or max_move_pct")
+        unknown = set(g) - {"metric", "variant", "better", "max_move", "max_move_pct", "system"}
+        if unknown:
+            raise UserError(f"{path}: gates[{i}]: unknown keys {sorted(unknown)}")
+        gates.append(Gate(str(g["metric"]), str(g.get("variant", "") or ""), g["better"], g.get("max_move"),
+                          g.get("max_move_pct"), g.get("system")))
+    return gates
+
+
+def _means(df: pd.DataFrame) -> dict[tuple[str, str, str], float]:
+    df = df[df["source"] == "measured"].copy()
+    df["variant"] = df["variant"].fillna("").astype(str)
+    return {k: float(v) for k, v in df.groupby(["system", "metric", "variant"])["value"].mean().items()}
+
+
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        df = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: not a results CSV ({err.__class__.__name__})") from None
+    missing = {"system", "metric", "variant", "value", "source"} - set(df.columns)
+    if missing:
+        raise UserError(f"{path}: not a results CSV: missing columns {sorted(missing)}")
+    return df
+
+
+def compare_run(run_dir: str | Path, baseline_csv: str | Path, tolerances: str | Path | None = None) -> tuple[bool, str]:
+    run_dir, baseline_csv = Path(run_dir), Path(baseline_csv)
+    run = _read_csv(run_dir / "results.csv", "run results (results.csv)")
+    base = _read_csv(baseline_csv, "baseline")
+    tol_path = Path(tolerances) if tolerances else baseline_csv.with_name(baseline_csv.stem + ".tolerances.yaml")
+    gates = load_gates(tol_path)
+    run_m, base_m = _means(run), _means(base)
+    lines = []
+    failed = 0
+    checked = 0
+    for gate in gates:
+        keys = [k for k in base_m if k[1] == gate.metric and k[2] == gate.variant
+                and (gate.system is None or k[0] == gate.system)]
+        if not keys:
+            raise UserError(f"{tol_path}: gate {gate.metric}/{gate.variant} matches nothing in {baseline_csv}")
+        for key in keys:
+            checked += 1
+            b = base_m[key]
+            allowed = gate.max_move if gate.max_move is not None else abs(b) * gate.max_move_pct / 100
+            label = f"{key[0]}  {key[1]}{('/' + key[2]) if key[2] else ''}"
+            if key not in run_m:
+                failed += 1
+                lines.append(f"FAIL  {label}: missing from the run (baseline {b:.4g})")
+                continue
+            r = run_m[key]
+            worse_by = (b - r) if gate.better == "higher" else (r - b)
+            status = "FAIL" if worse_by > allowed else "ok  "
+            failed += status == "FAIL"
+            lines.append(f"{status}  {label}: {r:.4g} vs baseline {b:.4g} (moved {r - b:+.4g}; "
+                         f"{gate.better} is better; allowed {allowed:.4g} the bad way)")
+    head = f"{checked - failed}/{checked} gated numbers within tolerance"
+    return failed == 0, head + "\n" + "\n".join(lines)

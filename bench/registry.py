@@ -1,0 +1,88 @@
+"""Small name -> factory registries with one-line descriptions.
+
+Each entry may declare an `args` dataclass: the suite loader checks a YAML
+entry's `args:` against it (unknown key, wrong type, out of range, unknown
+component) before anything heavy runs. Field metadata understood by the loader:
+  help: one line for `bench ls`
+  min / max: inclusive numeric bounds (applied to every element of a list)
+  choices: allowed values
+  component: the value names a declared component of this kind ("clip", "vqgan", ...)
+  system: the value names another system alias in the suite
+
+Third-party packages add entries through the entry-point group
+`clipgen_bench.plugins`: each entry point is a module (or callable) that
+registers on import.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import import_module
+from importlib.metadata import entry_points
+from typing import Any, Callable
+
+from bench.api import UserError
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    factory: Callable[..., Any]
+    description: str
+    args: type | None  # a dataclass, or None for "takes no args"
+
+
+class Registry:
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry] = {}
+
+    def register(self, name: str, description: str, args: type | None = None):
+        def decorator(factory):
+            if name in self._entries:
+                raise ValueError(f"{self.kind} {name!r} registered twice")
+            self._entries[name] = Entry(name, factory, description, args)
+            return factory
+
+        return decorator
+
+    def get(self, name: str) -> Entry:
+        load_all()
+        try:
+            return self._entries[name]
+        except KeyError:
+            raise UserError(f"unknown {self.kind} {name!r}; known: {', '.join(sorted(self._entries))}") from None
+
+    def __contains__(self, name: str) -> bool:
+        load_all()
+        return name in self._entries
+
+    def names(self) -> list[str]:
+        load_all()
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry]:
+        load_all()
+        return [self._entries[n] for n in sorted(self._entries)]
+
+
+DATASETS = Registry("dataset")
+SYSTEMS = Registry("system")
+METRICS = Registry("metric")
+COMPONENTS = Registry("component kind")
+
+_BUILTIN_MODULES = ("bench.datasets", "bench.components", "bench.systems", "bench.metrics")
+_loaded = False
+
+
+def load_all() -> None:
+    """Import the built-in registering modules and any plugins, once."""
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _BUILTIN_MODULES:
+        import_module(module)
+    for ep in entry_points(group="clipgen_bench.plugins"):
+        obj = ep.load()
+        if callable(obj):
+            obj()

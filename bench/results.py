@@ -1,0 +1,215 @@
+"""The long results table (one row per number, with provenance) and its views.
+
+Columns (DESIGN.md): suite, suite_version, system, system_name, uses_captions,
+metric, variant, value, n, seed, source, citation, args_hash, git_sha,
+versions, device, timestamp, extra.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import functools
+import hashlib
+import io
+import json
+import math
+import platform
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+import bench
+from bench.cache import atomic_write_bytes, atomic_write_text
+
+COLUMNS = ["suite", "suite_version", "system", "system_name", "uses_captions", "metric", "variant", "value", "n",
+           "seed", "source", "citation", "args_hash", "git_sha", "versions", "device", "timestamp", "extra"]
+
+
+@functools.lru_cache(maxsize=1)
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(bench.__file__).resolve().parent)
+        sha = out.stdout.strip() if out.returncode == 0 else "unknown"
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=5, cwd=Path(bench.__file__).resolve().parent).stdout.strip()
+        return sha + ("-dirty" if dirty and sha != "unknown" else "")
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+@functools.lru_cache(maxsize=1)
+def versions() -> str:
+    import torch
+
+    return json.dumps({"bench": bench.__version__, "torch": torch.__version__, "python": platform.python_version()},
+                      sort_keys=True)
+
+
+def _args_dict(args) -> dict:
+    if args is None:
+        return {}
+    return dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args)
+
+
+def args_hash(*parts) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def measured_row(suite, system_spec, system, metric_spec, value, seed: int, device: str) -> dict:
+    extra = dict(value.extra)
+    for key in ("training", "candidates", "rerank_clip"):
+        if hasattr(system, "provenance") and key in system.provenance():
+            extra.setdefault(key, system.provenance()[key])
+    return {
+        "suite": suite.suite, "suite_version": suite.version, "system": system_spec.alias,
+        "system_name": system_spec.name, "uses_captions": bool(getattr(system, "uses_captions", False)),
+        "metric": value.metric, "variant": value.variant, "value": float(value.value), "n": int(value.n),
+        "seed": int(seed), "source": "measured", "citation": "",
+        "args_hash": args_hash(system_spec.name, _args_dict(system_spec.args), metric_spec.name,
+                               _args_dict(metric_spec.args)),
+        "git_sha": git_sha(), "versions": versions(), "device": device, "timestamp": _now(),
+        "extra": json.dumps(extra, sort_keys=True, default=str),
+    }
+
+
+class Results:
+    def __init__(self, suite, device: str):
+        self.suite = suite
+        self.device = device
+        self.rows: list[dict] = []
+
+    def extend(self, rows: list[dict]) -> None:
+        self.rows.extend(rows)
+
+    def add_reported(self) -> None:
+        for r in self.suite.reported:
+            for v in r.values:
+                self.rows.append({
+                    "suite": self.suite.suite, "suite_version": self.suite.version, "system": r.system,
+                    "system_name": "reported", "uses_captions": r.uses_captions, "metric": v.metric,
+                    "variant": v.variant, "value": v.value, "n": -1, "seed": -1, "source": "reported",
+                    "citation": r.citation, "args_hash": "", "git_sha": git_sha(), "versions": "",
+                    "device": "", "timestamp": _now(), "extra": "{}"})
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.rows, columns=COLUMNS)
+
+    def save(self, out: Path) -> None:
+        write_frame(self.frame(), out)
+
+
+def write_frame(df: pd.DataFrame, out: Path) -> None:
+    """results.csv and results.parquet, each written to a temp file and renamed."""
+    out = Path(out)
+    atomic_write_text(out / "results.csv", df.to_csv(index=False))
+    buf = io.BytesIO()
+    df.to_parquet(buf, index=False)
+    atomic_write_bytes(out / "results.parquet", buf.getvalue())
+
+
+def read_frame(run_dir: Path) -> pd.DataFrame:
+    run_dir = Path(run_dir)
+    if (run_dir / "results.parquet").exists():
+        return pd.read_parquet(run_dir / "results.parquet")
+    return pd.read_csv(run_dir / "results.csv")
+
+
+def load_per_caption(run_dir: Path) -> dict[tuple[str, str], dict[int, dict[int, float]]]:
+    """(system, 'metric/variant') -> seed -> caption_id -> value, from per_caption/<system>/seed<s>.json."""
+    out: dict = {}
+    root = Path(run_dir) / "per_caption"
+    if not root.exists():
+        return out
+    for path in sorted(root.glob("*/seed*.json")):
+        system, seed = path.parent.name, int(path.stem[4:])
+        for cid, values in json.loads(path.read_text()).items():
+            for key, v in values.items():
+                out.setdefault((system, key), {}).setdefault(seed, {})[int(cid)] = float(v)
+    return out
+
+
+def bootstrap_ci(per_seed: dict[int, dict[int, float]], reps: int = 1000, seed: int = 0) -> tuple[float, float]:
+    """95% interval of the mean over seeds and captions, resampling captions (the same resample for every seed)."""
+    captions = sorted(set.intersection(*(set(v) for v in per_seed.values())))
+    if len(captions) < 2:
+        return (math.nan, math.nan)
+    matrix = np.array([[per_seed[s][c] for c in captions] for s in sorted(per_seed)])  # [seeds, captions]
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(captions), size=(reps, len(captions)))
+    means = matrix[:, idx].mean(axis=(0, 2))  # [reps]
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+def _fmt(x: float) -> str:
+    if not math.isfinite(x):
+        return "nan"
+    a = abs(x)
+    if a >= 100:
+        return f"{x:.1f}"
+    if a >= 1:
+        return f"{x:.2f}"
+    return f"{x:.3f}"
+
+
+def summary(df: pd.DataFrame, per_caption: dict | None = None) -> pd.DataFrame:
+    """One row per (system, metric, variant): mean and std over seeds, n, 95% bootstrap interval over captions."""
+    per_caption = per_caption or {}
+    rows = []
+    for (system, metric, variant), g in df.groupby(["system", "metric", "variant"], sort=False, dropna=False):
+        variant = "" if (isinstance(variant, float) and math.isnan(variant)) else variant
+        key = f"{metric}/{variant}" if variant else metric
+        lo, hi = bootstrap_ci(per_caption[(system, key)]) if (system, key) in per_caption else (math.nan, math.nan)
+        extra = [json.loads(e) if isinstance(e, str) and e else {} for e in g["extra"]]
+        rows.append({
+            "system": system, "source": g["source"].iloc[0], "uses_captions": bool(g["uses_captions"].iloc[0]),
+            "metric": metric, "variant": variant, "column": key, "mean": g["value"].mean(),
+            "std": g["value"].std(ddof=1) if len(g) > 1 else math.nan, "seeds": len(g), "n": int(g["n"].iloc[0]),
+            "ci_lo": lo, "ci_hi": hi, "citation": g["citation"].iloc[0],
+            "flag": "†" if any(e.get("rank_deficient") for e in extra) else "",
+        })
+    return pd.DataFrame(rows)
+
+
+def pivot(df: pd.DataFrame, per_caption: dict | None = None, latex: bool = False) -> pd.DataFrame:
+    """Systems x metric/variant, cells 'mean ± std [lo, hi]'; reported rows marked (reported)."""
+    s = summary(df, per_caption)
+    if s.empty:
+        return pd.DataFrame()
+    pm = " $\\pm$ " if latex else " ± "
+
+    def cell(r) -> str:
+        text = _fmt(r["mean"])
+        if math.isfinite(r["std"]):
+            text += pm + _fmt(r["std"])
+        if math.isfinite(r["ci_lo"]):
+            text += f" [{_fmt(r['ci_lo'])}, {_fmt(r['ci_hi'])}]"
+        return text + r["flag"]
+
+    s["cell"] = s.apply(cell, axis=1)
+    s["label"] = s.apply(lambda r: r["system"] + (" (reported)" if r["source"] == "reported" else ""), axis=1)
+    order_rows = list(dict.fromkeys(s["label"]))
+    order_cols = list(dict.fromkeys(s["column"]))
+    table = s.pivot(index="label", columns="column", values="cell").reindex(index=order_rows, columns=order_cols)
+    return table.fillna("")
+
+
+def markdown(df: pd.DataFrame, per_caption: dict | None = None) -> str:
+    table = pivot(df, per_caption)
+    if table.empty:
+        return "(no results)"
+    notes = ["mean ± std over seeds [95% bootstrap interval over captions]; † n below the feature dimension "
+             "(FD is biased there)."]
+    return table.to_markdown() + "\n\n" + " ".join(notes)
+
+
+def latex(df: pd.DataFrame, per_caption: dict | None = None) -> str:
+    table = pivot(df, per_caption, latex=True)
+    return table.to_latex(escape=False) if not table.empty else ""

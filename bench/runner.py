@@ -1,0 +1,221 @@
+"""Runs a suite: resource check, components, generation (resumable), metrics, results.
+
+Reproducibility contract: caption `i` under suite seed `s` is generated from the
+random stream `caption_seed(s, i)`, so samples do not depend on batch size,
+order, resumption or sharding. Samples are PNGs under
+`<out>/samples/<alias>/seed<s>/<caption_id>.png`, each written atomically, so a
+killed run loses at most the batch in flight and a rerun generates only what is
+missing. Metrics always read the samples back from disk, so an interrupted and
+an uninterrupted run compute the same numbers from the same bytes.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import io
+import json
+import os
+import resource
+import shutil
+import time
+from importlib import import_module
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from bench.api import CaptionItem, RunContext, SampleBatch, TimingRecord, UserError
+from bench.build import Builder, default_threads
+from bench.cache import atomic_write_bytes, cache_dir
+from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
+from bench.results import Results, measured_row
+from bench.suite import Suite
+
+
+def caption_seed(seed: int, caption_id: int) -> int:
+    """The random stream of one caption under one suite seed."""
+    digest = hashlib.sha256(f"clipgen-bench:{seed}:{caption_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+def check_resources(suite: Suite) -> list[str]:
+    """Every missing dataset file, weight file or package, each with its fix (empty when all is there)."""
+    missing: list[str] = []
+
+    def ask(registry, name, args):
+        factory = registry.get(name).factory
+        module = import_module(factory.__module__)
+        fn = getattr(module, "missing_resources", None)
+        if fn is not None:
+            missing.extend(fn(args))
+
+    ask(DATASETS, suite.dataset.name, suite.dataset.args)
+    for spec in suite.components.values():
+        if spec.path is not None:
+            path = Path(spec.path.split("@", 1)[-1]).expanduser()
+            if not path.exists():
+                missing.append(f"component {spec.name!r} ({spec.kind}): {path} does not exist; put the weights there "
+                               f"or set components.{spec.name}.path")
+        else:
+            ask(COMPONENTS, spec.kind, spec.train)
+    for s in suite.systems:
+        ask(SYSTEMS, s.name, s.args)
+    for m in suite.metrics:
+        ask(METRICS, m.name, m.args)
+    return list(dict.fromkeys(missing))
+
+
+def _png_bytes(image: torch.Tensor) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image.permute(1, 2, 0).contiguous().numpy()).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _load_png(path: Path) -> torch.Tensor:
+    with Image.open(path) as im:
+        arr = torch.from_numpy(__import__("numpy").asarray(im.convert("RGB")).copy())
+    return arr.permute(2, 0, 1)  # [3,H,W]
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _peak_memory(device: str) -> int:
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated())
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class Runner:
+    def __init__(self, suite: Suite, out_dir: str | Path | None = None, device: str = "cpu", limit: int | None = None,
+                 fresh: bool = False, progress: bool = True, cache: str | Path | None = None):
+        self.suite = suite
+        self.out = Path(out_dir) if out_dir else Path("runs") / suite.suite
+        self.device = device
+        self.limit = limit
+        self.fresh = fresh
+        self.progress = progress
+        self.cache = str(cache or cache_dir())
+
+    # ---- the whole job ---------------------------------------------------------------------
+    def run(self) -> Results:
+        missing = check_resources(self.suite)
+        if missing:
+            raise UserError("missing resources (nothing was run):\n  - " + "\n  - ".join(missing))
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
+        torch.set_num_threads(self.suite.generation.threads or default_threads())
+        torch.set_flush_denormal(True)
+        if self.fresh and self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "suite.resolved.json").write_text(json.dumps(self.suite.resolved, indent=1, default=str))
+
+        dataset = DATASETS.get(self.suite.dataset.name).factory(self.suite.dataset.args)
+        builder = Builder(self.suite, dataset, self.device, self.cache)
+        items = dataset.eval_captions()
+        if self.limit is not None:
+            items = items[: self.limit]
+        if not items:
+            raise UserError("no captions to generate for (check dataset.num_captions and --limit)")
+
+        results = Results(self.suite, self.device)
+        for spec in self.suite.systems:
+            system = builder.system(spec.alias)
+            for seed in self.suite.generation.seeds:
+                self.generate(spec.alias, system, items, seed)
+                results.extend(self.evaluate(spec, system, builder, dataset, items, seed))
+        results.add_reported()
+        results.save(self.out)
+        return results
+
+    # ---- generation ------------------------------------------------------------------------
+    def sample_dir(self, alias: str, seed: int) -> Path:
+        return self.out / "samples" / alias / f"seed{seed}"
+
+    def generate(self, alias: str, system: Any, items: list[CaptionItem], seed: int) -> None:
+        folder = self.sample_dir(alias, seed)
+        folder.mkdir(parents=True, exist_ok=True)
+        todo = [it for it in items if not (folder / f"{it.caption_id:06d}.png").exists()]
+        if not todo:
+            return
+        bs = self.suite.generation.batch_size
+        timing_file = self.out / "timings" / alias / f"seed{seed}.jsonl"
+        timing_file.parent.mkdir(parents=True, exist_ok=True)
+        if self.suite.generation.warmup:
+            warm = todo[: min(2, len(todo))]
+            system.generate([it.caption for it in warm], [it.caption_id for it in warm],
+                            [caption_seed(seed, it.caption_id) for it in warm])
+        bar = tqdm(total=len(todo), desc=f"generate {alias} seed {seed}", unit="img", disable=not self.progress,
+                   leave=False)
+        for start in range(0, len(todo), bs):
+            batch = todo[start:start + bs]
+            seeds = [caption_seed(seed, it.caption_id) for it in batch]
+            _sync(self.device)
+            t0 = time.perf_counter()
+            images = system.generate([it.caption for it in batch], [it.caption_id for it in batch], seeds)
+            _sync(self.device)
+            seconds = time.perf_counter() - t0
+            images = images.detach().cpu()
+            if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[0] != len(batch) or images.shape[1] != 3:
+                raise RuntimeError(f"system {alias!r} returned {images.dtype} {tuple(images.shape)}; "
+                                   f"expected uint8 [{len(batch)},3,H,W]")
+            for it, image in zip(batch, images):
+                atomic_write_bytes(folder / f"{it.caption_id:06d}.png", _png_bytes(image))
+            record = TimingRecord(seconds=seconds, images=len(batch),
+                                  tokens=len(batch) * int(getattr(system, "tokens_per_image", 0)),
+                                  peak_memory_bytes=_peak_memory(self.device), batch_size=bs, device=self.device)
+            with open(timing_file, "a") as fh:
+                fh.write(json.dumps(dataclasses.asdict(record)) + "\n")
+            bar.update(len(batch))
+        bar.close()
+
+    def load_samples(self, alias: str, seed: int, items: list[CaptionItem], batch_size: int) -> Iterator[SampleBatch]:
+        folder = self.sample_dir(alias, seed)
+        for start in range(0, len(items), batch_size):
+            batch = items[start:start + batch_size]
+            images = torch.stack([_load_png(folder / f"{it.caption_id:06d}.png") for it in batch])
+            yield SampleBatch(images, [it.caption for it in batch], [it.caption_id for it in batch],
+                              [it.info for it in batch])
+
+    def timings(self, alias: str, seed: int) -> list[TimingRecord]:
+        path = self.out / "timings" / alias / f"seed{seed}.jsonl"
+        if not path.exists():
+            return []
+        records = []
+        for line in path.read_text().splitlines():
+            if line.strip():
+                try:
+                    records.append(TimingRecord(**json.loads(line)))
+                except (json.JSONDecodeError, TypeError):
+                    continue  # a line cut by a kill
+        return records
+
+    # ---- metrics ---------------------------------------------------------------------------
+    def evaluate(self, spec, system, builder: Builder, dataset, items: list[CaptionItem], seed: int) -> list[dict]:
+        metrics = [(m, METRICS.get(m.name).factory(m.args)) for m in self.suite.metrics]
+        if not metrics:
+            return []
+        bar = tqdm(total=len(items), desc=f"metrics {spec.alias} seed {seed}", unit="img", disable=not self.progress,
+                   leave=False)
+        for batch in self.load_samples(spec.alias, seed, items, max(self.suite.generation.batch_size, 64)):
+            for _, metric in metrics:
+                metric.update(batch)
+            bar.update(len(batch.images))
+        bar.close()
+        ctx = RunContext(suite=self.suite.suite, dataset=dataset, device=self.device, cache_dir=self.cache,
+                         system_alias=spec.alias, system=system, timings=self.timings(spec.alias, seed),
+                         component=builder.component)
+        rows = []
+        for mspec, metric in metrics:
+            for value in metric.compute(ctx):
+                rows.append(measured_row(self.suite, spec, system, mspec, value, seed, self.device))
+        per_caption = self.out / "per_caption" / spec.alias / f"seed{seed}.json"
+        if ctx.per_caption:
+            per_caption.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_bytes(per_caption, json.dumps({str(k): v for k, v in ctx.per_caption.items()}).encode())
+        return rows

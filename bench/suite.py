@@ -1,0 +1,531 @@
+"""YAML suite -> frozen dataclasses.
+
+`load_suite(path, overrides)` reads the YAML (rejecting duplicate keys), resolves
+`include:` (relative paths, deep merge, cycles rejected), applies `--set
+key.path=value` overrides, and checks the schema and every registry name. Every
+mistake raises `SuiteError` whose message is one line:
+
+    FILE:LINE: key.path: what is wrong; allowed: ...
+
+Nothing here needs data or weights: this is all `bench validate` does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from bench.api import ComponentSpec, UserError
+from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS, Registry
+
+
+class SuiteError(UserError):
+    pass
+
+
+# ---- the suite, as frozen dataclasses ---------------------------------------------------------
+@dataclass(frozen=True)
+class GenerationSpec:
+    batch_size: int = field(default=64, metadata={"min": 1, "help": "captions per generate() call"})
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"min": 0, "help": "one full generation pass per seed"})
+    threads: int | None = field(default=None, metadata={"min": 1, "help": "torch threads (default: all cores)"})
+    warmup: bool = field(default=True, metadata={"help": "one untimed generate() before timing"})
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str
+    args: Any  # the dataset's args dataclass
+
+
+@dataclass(frozen=True)
+class SystemSpec:
+    name: str
+    alias: str
+    args: Any  # the system's args dataclass (or None)
+
+
+@dataclass(frozen=True)
+class MetricSpec:
+    name: str
+    args: Any
+
+
+@dataclass(frozen=True)
+class ReportedValue:
+    metric: str
+    variant: str
+    value: float
+
+
+@dataclass(frozen=True)
+class ReportedRow:
+    system: str
+    citation: str
+    uses_captions: bool
+    values: tuple[ReportedValue, ...]
+
+
+@dataclass(frozen=True)
+class Suite:
+    suite: str
+    version: int
+    path: str
+    description: str
+    dataset: DatasetSpec
+    generation: GenerationSpec
+    components: dict[str, ComponentSpec]
+    systems: tuple[SystemSpec, ...]
+    metrics: tuple[MetricSpec, ...]
+    reported: tuple[ReportedRow, ...]
+    resolved: dict  # the merged YAML after includes and overrides (provenance, hashing)
+
+    def system(self, alias: str) -> SystemSpec:
+        for s in self.systems:
+            if s.alias == alias:
+                return s
+        raise KeyError(alias)
+
+    def hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+# ---- YAML with line numbers -----------------------------------------------------------------
+class _Located:
+    """Where each key path came from: (file, line)."""
+
+    def __init__(self):
+        self.where: dict[tuple, tuple[str, int]] = {}
+
+    def get(self, path: tuple, default: tuple[str, int]) -> tuple[str, int]:
+        while path:
+            if path in self.where:
+                return self.where[path]
+            path = path[:-1]
+        return self.where.get((), default)
+
+
+def _node_to_python(node: yaml.Node, file: str, path: tuple, loc: _Located) -> Any:
+    loc.where[path] = (file, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        out: dict = {}
+        for key_node, value_node in node.value:
+            key = _scalar(key_node, file, path, loc)
+            if not isinstance(key, str):
+                raise SuiteError(f"{file}:{key_node.start_mark.line + 1}: {_dotted(path) or '<top>'}: "
+                                 f"keys must be strings, got {key!r}")
+            if key in out:
+                raise SuiteError(f"{file}:{key_node.start_mark.line + 1}: {_dotted(path + (key,))}: duplicate key")
+            out[key] = _node_to_python(value_node, file, path + (key,), loc)
+            loc.where[path + (key,)] = (file, key_node.start_mark.line + 1)
+        return out
+    if isinstance(node, yaml.SequenceNode):
+        return [_node_to_python(v, file, path + (i,), loc) for i, v in enumerate(node.value)]
+    return _scalar(node, file, path, loc)
+
+
+def _scalar(node: yaml.Node, file: str, path: tuple, loc: _Located) -> Any:
+    if not isinstance(node, yaml.ScalarNode):
+        raise SuiteError(f"{file}:{node.start_mark.line + 1}: {_dotted(path)}: expected a plain value")
+    loader = yaml.SafeLoader("")
+    try:
+        return loader.construct_object(node, deep=True)
+    finally:
+        loader.dispose()
+
+
+def _read_yaml(path: Path, loc: _Located, base: tuple = ()) -> dict:
+    file = str(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SuiteError(f"{file}:1: <file>: no such suite file") from None
+    except OSError as err:
+        raise SuiteError(f"{file}:1: <file>: cannot read: {err.strerror}") from None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = mark.line + 1 if mark else 1
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise SuiteError(f"{file}:{line}: <yaml>: not valid YAML: {problem}") from None
+    if node is None:
+        raise SuiteError(f"{file}:1: <file>: the suite is empty; it needs at least suite:, version:, dataset:")
+    if not isinstance(node, yaml.MappingNode):
+        raise SuiteError(f"{file}:{node.start_mark.line + 1}: <top>: a suite is a mapping of keys, got a "
+                         f"{type(node).__name__.replace('Node', '').lower()}")
+    return _node_to_python(node, file, base, loc)
+
+
+def _dotted(path: tuple) -> str:
+    return ".".join(str(p) for p in path)
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _resolve_includes(path: Path, loc: _Located, stack: tuple[Path, ...] = ()) -> dict:
+    """Read `path`, merge its includes under it (the including file wins), record every key's line."""
+    path = path.resolve() if path.exists() else path
+    if path in stack:
+        cycle = " -> ".join(p.name for p in stack + (path,))
+        file, line = loc.get(("include",), (str(stack[-1]), 1))
+        raise SuiteError(f"{file}:{line}: include: include cycle: {cycle}")
+    own = _Located()
+    data = _read_yaml(path, own)
+    includes = data.pop("include", None)
+    merged: dict = {}
+    if includes is not None:
+        file, line = own.get(("include",), (str(path), 1))
+        if isinstance(includes, str):
+            includes = [includes]
+        if not isinstance(includes, list) or not all(isinstance(i, str) for i in includes):
+            raise SuiteError(f"{file}:{line}: include: expected a path or a list of paths")
+        for inc in includes:
+            target = path.parent / inc
+            if not target.exists():
+                raise SuiteError(f"{file}:{line}: include: included file {inc!r} not found (looked at {target})")
+            loc.where[("include",)] = (file, line)
+            merged = _deep_merge(merged, _resolve_includes(target, loc, stack + (path,)))
+    loc.where.update(own.where)  # the including file's lines win
+    return _deep_merge(merged, data)
+
+
+# ---- --set overrides --------------------------------------------------------------------------
+def apply_override(data: dict, assignment: str, loc: _Located) -> None:
+    where = "--set"
+    if "=" not in assignment:
+        raise SuiteError(f"{where}:1: {assignment}: expected key.path=value")
+    key, raw = assignment.split("=", 1)
+    parts = [p for p in key.strip().split(".")]
+    if not all(parts):
+        raise SuiteError(f"{where}:1: {key}: empty segment in key path")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    node: Any = data
+    walked: list = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if isinstance(node, list):
+            idx = _list_index(node, part)
+            if idx is None:
+                names = [str(x.get("alias", x.get("name"))) for x in node if isinstance(x, dict)]
+                raise SuiteError(f"{where}:1: {key}: no list entry {part!r} under {_dotted(tuple(walked)) or '<top>'}; "
+                                 f"allowed: an index 0..{len(node) - 1} or one of {', '.join(names)}")
+            part = idx
+        elif isinstance(node, dict):
+            if not last and part not in node:
+                raise SuiteError(f"{where}:1: {key}: no key {part!r} under {_dotted(tuple(walked)) or '<top>'}; "
+                                 f"allowed: {', '.join(map(str, node)) or '(none)'}")
+        else:
+            raise SuiteError(f"{where}:1: {key}: {_dotted(tuple(walked))} is a plain value, it has no {part!r}")
+        walked.append(part)
+        if last:
+            node[part] = value
+            loc.where[tuple(walked)] = (f"--set {assignment}", 1)
+        else:
+            node = node[part]
+
+
+def _list_index(node: list, part: str) -> int | None:
+    if part.isdigit():
+        return int(part) if int(part) < len(node) else None
+    for i, entry in enumerate(node):
+        if isinstance(entry, dict) and (entry.get("alias") == part or (entry.get("name") == part and "alias" not in entry)):
+            return i
+    return None
+
+
+# ---- schema checking ----------------------------------------------------------------------------
+class _Checker:
+    def __init__(self, loc: _Located, file: str):
+        self.loc, self.file = loc, file
+
+    def fail(self, path: tuple, message: str) -> typing.NoReturn:
+        file, line = self.loc.get(path, (self.file, 1))
+        raise SuiteError(f"{file}:{line}: {_dotted(path) or '<top>'}: {message}")
+
+    def mapping(self, value: Any, path: tuple, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a mapping, got {_describe(value)}")
+        for k in value:
+            if k not in allowed:
+                self.fail(path + (k,), f"unknown key; allowed: {', '.join(allowed)}")
+        for k in required:
+            if k not in value:
+                self.fail(path, f"missing required key {k!r}")
+        return value
+
+    def registered(self, reg: Registry, name: Any, path: tuple) -> str:
+        if not isinstance(name, str):
+            self.fail(path, f"expected a {reg.kind} name, got {_describe(name)}; allowed: {', '.join(reg.names())}")
+        if name not in reg:
+            self.fail(path, f"unknown {reg.kind} {name!r}; allowed: {', '.join(reg.names())}")
+        return name
+
+    def dataclass_from(self, cls: type | None, value: Any, path: tuple, what: str) -> Any:
+        if cls is None:
+            if value not in (None, {}):
+                self.fail(path, f"{what} takes no arguments")
+            return None
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            self.fail(path, f"expected a mapping of arguments, got {_describe(value)}")
+        hints = typing.get_type_hints(cls)
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for k in value:
+            if k not in fields:
+                self.fail(path + (k,), f"unknown argument of {what}; allowed: {', '.join(fields) or '(none)'}")
+        kwargs = {}
+        for name, f in fields.items():
+            if name in value:
+                kwargs[name] = self.coerce(value[name], hints[name], f.metadata, path + (name,))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                self.fail(path, f"missing required argument {name!r} of {what}")
+        try:
+            return cls(**kwargs)
+        except (ValueError, TypeError, UserError) as err:
+            self.fail(path, str(err))
+
+    def coerce(self, value: Any, tp: Any, meta: typing.Mapping, path: tuple) -> Any:
+        origin = typing.get_origin(tp)
+        args = typing.get_args(tp)
+        if origin in (typing.Union, types.UnionType):
+            if value is None and type(None) in args:
+                return None
+            inner = [a for a in args if a is not type(None)]
+            errors = []
+            for a in inner:
+                try:
+                    return self.coerce(value, a, meta, path)
+                except SuiteError as err:
+                    errors.append(err)
+            raise errors[-1]
+        if origin is typing.Literal:
+            if value not in args:
+                self.fail(path, f"got {value!r}; allowed: {', '.join(map(str, args))}")
+            return value
+        if origin in (tuple, list):
+            if not isinstance(value, list):
+                if isinstance(value, (int, float, str)) and not isinstance(value, bool):
+                    value = [value]  # a single value where a list is expected
+                else:
+                    self.fail(path, f"expected a list, got {_describe(value)}")
+            elem = args[0] if args else Any
+            out = [self.coerce(v, elem, meta, path + (i,)) for i, v in enumerate(value)]
+            return tuple(out) if origin is tuple else out
+        if origin is dict or tp is dict:
+            if not isinstance(value, dict):
+                self.fail(path, f"expected a mapping, got {_describe(value)}")
+            return dict(value)
+        if dataclasses.is_dataclass(tp):
+            return self.dataclass_from(tp, value, path, _dotted(path))
+        if tp is Any:
+            return value
+        if tp is bool:
+            if not isinstance(value, bool):
+                self.fail(path, f"expected true or false, got {_describe(value)}")
+            return value
+        if tp is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(path, f"expected an integer, got {_describe(value)}")
+            return self._bounded(value, meta, path)
+        if tp is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(path, f"expected a number, got {_describe(value)}")
+            return self._bounded(float(value), meta, path)
+        if tp is str:
+            if not isinstance(value, str):
+                self.fail(path, f"expected a string, got {_describe(value)}")
+            if "choices" in meta and value not in meta["choices"]:
+                self.fail(path, f"got {value!r}; allowed: {', '.join(meta['choices'])}")
+            return value
+        self.fail(path, f"unsupported argument type {tp!r} (a bug in the registered args class)")
+
+    def _bounded(self, value, meta, path):
+        if "min" in meta and value < meta["min"]:
+            self.fail(path, f"must be >= {meta['min']}, got {value}")
+        if "max" in meta and value > meta["max"]:
+            self.fail(path, f"must be <= {meta['max']}, got {value}")
+        if "choices" in meta and value not in meta["choices"]:
+            self.fail(path, f"got {value!r}; allowed: {', '.join(map(str, meta['choices']))}")
+        return value
+
+
+def _describe(value: Any) -> str:
+    if value is None:
+        return "nothing"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"
+
+
+TOP_KEYS = ("suite", "version", "description", "dataset", "generation", "components", "systems", "metrics", "reported")
+
+
+def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Suite:
+    path = Path(path)
+    loc = _Located()
+    data = _resolve_includes(path, loc)
+    for assignment in overrides:
+        apply_override(data, assignment, loc)
+    c = _Checker(loc, str(path))
+    c.mapping(data, (), TOP_KEYS, required=("suite", "version", "dataset"))
+    if not isinstance(data["suite"], str) or not data["suite"]:
+        c.fail(("suite",), f"expected a non-empty name, got {_describe(data['suite'])}")
+    if isinstance(data["version"], bool) or not isinstance(data["version"], int) or data["version"] < 1:
+        c.fail(("version",), f"expected a positive integer, got {_describe(data['version'])}")
+
+    ds = c.mapping(data["dataset"], ("dataset",), _dataset_keys(data["dataset"], c), required=("name",))
+    ds_name = c.registered(DATASETS, ds["name"], ("dataset", "name"))
+    ds_args = c.dataclass_from(DATASETS.get(ds_name).args, {k: v for k, v in ds.items() if k != "name"},
+                               ("dataset",), f"dataset {ds_name}")
+
+    generation = c.dataclass_from(GenerationSpec, data.get("generation", {}), ("generation",), "generation")
+
+    components: dict[str, ComponentSpec] = {}
+    raw_components = data.get("components") or {}
+    if not isinstance(raw_components, dict):
+        c.fail(("components",), f"expected a mapping of name -> component, got {_describe(raw_components)}")
+    for name, spec in raw_components.items():
+        p = ("components", name)
+        spec = c.mapping(spec, p, ("kind", "path", "train"), required=("kind",))
+        kind = c.registered(COMPONENTS, spec["kind"], p + ("kind",))
+        if ("path" in spec) == ("train" in spec):
+            c.fail(p, "give exactly one of path: (load) or train: (train from a spec)")
+        if "path" in spec:
+            if not isinstance(spec["path"], str) or not spec["path"]:
+                c.fail(p + ("path",), f"expected a file or directory path, got {_describe(spec['path'])}")
+            components[name] = ComponentSpec(name, kind, spec["path"], None)
+        else:
+            train = c.dataclass_from(COMPONENTS.get(kind).args, spec["train"], p + ("train",), f"{kind} training")
+            components[name] = ComponentSpec(name, kind, None, train)
+
+    systems: list[SystemSpec] = []
+    raw_systems = data.get("systems") or []
+    if not isinstance(raw_systems, list):
+        c.fail(("systems",), f"expected a list of systems, got {_describe(raw_systems)}")
+    aliases: set[str] = set()
+    for i, entry in enumerate(raw_systems):
+        p = ("systems", i)
+        entry = c.mapping(entry, p, ("name", "alias", "args"), required=("name",))
+        name = c.registered(SYSTEMS, entry["name"], p + ("name",))
+        alias = entry.get("alias", name)
+        if not isinstance(alias, str) or not alias:
+            c.fail(p + ("alias",), f"expected a non-empty string, got {_describe(alias)}")
+        if alias in aliases:
+            c.fail(p + ("alias",), f"alias {alias!r} used twice; give each system a distinct alias:")
+        aliases.add(alias)
+        args = c.dataclass_from(SYSTEMS.get(name).args, entry.get("args"), p + ("args",), f"system {name}")
+        systems.append(SystemSpec(name, alias, args))
+    if not systems:
+        c.fail(("systems",), "the suite declares no systems")
+
+    metrics: list[MetricSpec] = []
+    raw_metrics = data.get("metrics") or []
+    if not isinstance(raw_metrics, list):
+        c.fail(("metrics",), f"expected a list of metrics, got {_describe(raw_metrics)}")
+    for i, entry in enumerate(raw_metrics):
+        p = ("metrics", i)
+        entry = c.mapping(entry, p, ("name", "args"), required=("name",))
+        name = c.registered(METRICS, entry["name"], p + ("name",))
+        metrics.append(MetricSpec(name, c.dataclass_from(METRICS.get(name).args, entry.get("args"), p + ("args",),
+                                                         f"metric {name}")))
+
+    reported = _reported(c, data.get("reported") or [])
+
+    # references between sections: components by kind, systems by alias
+    for i, s in enumerate(systems):
+        _check_refs(c, s.args, ("systems", i, "args"), components, aliases - {s.alias})
+    for i, m in enumerate(metrics):
+        _check_refs(c, m.args, ("metrics", i, "args"), components, aliases)
+    for name, comp in components.items():
+        if comp.train is not None:
+            _check_refs(c, comp.train, ("components", name, "train"), components, aliases)
+
+    return Suite(suite=data["suite"], version=data["version"], path=str(path), description=data.get("description", ""),
+                 dataset=DatasetSpec(ds_name, ds_args), generation=generation, components=components,
+                 systems=tuple(systems), metrics=tuple(metrics), reported=reported, resolved=data)
+
+
+def _dataset_keys(ds: Any, c: _Checker) -> tuple[str, ...]:
+    if not isinstance(ds, dict) or "name" not in ds or not isinstance(ds["name"], str) or ds["name"] not in DATASETS:
+        return tuple(ds) if isinstance(ds, dict) else ("name",)
+    args = DATASETS.get(ds["name"]).args
+    return ("name",) + tuple(f.name for f in dataclasses.fields(args)) if args else ("name",)
+
+
+def _check_refs(c: _Checker, args: Any, path: tuple, components: dict[str, ComponentSpec], aliases: set[str]) -> None:
+    if args is None or not dataclasses.is_dataclass(args):
+        return
+    for f in dataclasses.fields(args):
+        value = getattr(args, f.name)
+        if dataclasses.is_dataclass(value):
+            _check_refs(c, value, path + (f.name,), components, aliases)
+            continue
+        if value is None:
+            continue
+        kind = f.metadata.get("component")
+        if kind:
+            if value not in components:
+                c.fail(path + (f.name,), f"no component named {value!r} is declared under components:; "
+                                         f"allowed: {', '.join(components) or '(none declared)'}")
+            if components[value].kind != kind:
+                c.fail(path + (f.name,), f"component {value!r} is a {components[value].kind}, expected a {kind}")
+        if f.metadata.get("system") and value not in aliases:
+            c.fail(path + (f.name,), f"no other system with alias {value!r}; allowed: {', '.join(sorted(aliases)) or '(none)'}")
+
+
+def _reported(c: _Checker, raw: Any) -> tuple[ReportedRow, ...]:
+    if not isinstance(raw, list):
+        c.fail(("reported",), f"expected a list of reported rows, got {_describe(raw)}")
+    rows = []
+    for i, entry in enumerate(raw):
+        p = ("reported", i)
+        entry = c.mapping(entry, p, ("system", "citation", "uses_captions", "values"),
+                          required=("system", "citation", "values"))
+        for key in ("system", "citation"):
+            if not isinstance(entry[key], str) or not entry[key]:
+                c.fail(p + (key,), f"expected a non-empty string, got {_describe(entry[key])}")
+        uses = entry.get("uses_captions", True)
+        if not isinstance(uses, bool):
+            c.fail(p + ("uses_captions",), f"expected true or false, got {_describe(uses)}")
+        values = entry["values"]
+        if not isinstance(values, dict) or not values:
+            c.fail(p + ("values",), "expected a mapping of 'metric' or 'metric/variant' -> number")
+        parsed = []
+        for key, v in values.items():
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                c.fail(p + ("values", key), f"expected a number, got {_describe(v)}")
+            metric, _, variant = key.partition("/")
+            if metric not in METRIC_NAMES_REPORTABLE:
+                c.fail(p + ("values", key), f"unknown metric {metric!r}; allowed: {', '.join(METRIC_NAMES_REPORTABLE)}")
+            parsed.append(ReportedValue(metric, variant, float(v)))
+        rows.append(ReportedRow(entry["system"], entry["citation"], uses, tuple(parsed)))
+    return tuple(rows)
+
+
+# the row names a reported value may carry (what the metrics emit)
+METRIC_NAMES_REPORTABLE = ("fid", "fd-effnet-lite0", "fd-clip", "kid", "clip-score", "caps", "caploss",
+                           "attribute-accuracy", "class-accuracy", "throughput")
