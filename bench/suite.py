@@ -231,8 +231,8 @@ def apply_override(data: dict, assignment: str, loc: _Located) -> None:
             part = idx
         elif isinstance(node, dict):
             if not last and part not in node:
-                raise SuiteError(f"{where}:1: {key}: no key {part!r} under {_dotted(tuple(walked)) or '<top>'}; "
-                                 f"allowed: {', '.join(map(str, node)) or '(none)'}")
+                node[part] = {}  # a section the file left out; the schema check judges the key
+                loc.where[tuple(walked) + (part,)] = (f"--set {assignment}", 1)
         else:
             raise SuiteError(f"{where}:1: {key}: {_dotted(tuple(walked))} is a plain value, it has no {part!r}")
         walked.append(part)

@@ -1,0 +1,13 @@
+import os
+
+# No network in tests; the tests never need a hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("BENCH_NO_REEXEC", "1")
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    """Every test writes trained artefacts and statistics into a throwaway cache, never ~/.cache."""
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "bench-cache"))

@@ -1,0 +1,137 @@
+"""Runner guarantees: batch-size invariance, resumption after SIGKILL, atomic results."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from bench.runner import Runner, caption_seed
+from bench.suite import load_suite
+
+CHILD = r'''
+import json, os, sys, time
+from dataclasses import dataclass
+import torch
+from bench.api import MetricValue
+from bench.registry import METRICS, SYSTEMS
+from bench.runner import Runner
+from bench.suite import load_suite
+
+LOG = os.environ["CALL_LOG"]
+
+class SlowNoise:
+    uses_captions = False
+    def generate(self, captions, caption_ids, seeds):
+        out = torch.stack([torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8,
+                                         generator=torch.Generator().manual_seed(s)) for s in seeds])
+        time.sleep(float(os.environ.get("SLEEP", "0")))
+        with open(LOG, "a") as fh:
+            fh.write(json.dumps(caption_ids) + "\n")
+        return out
+
+class MeanPixel:
+    def __init__(self): self.values = {}
+    def update(self, batch):
+        for cid, img in zip(batch.caption_ids, batch.images):
+            self.values[cid] = img.float().mean().item()
+    def compute(self, ctx):
+        for cid, v in self.values.items():
+            ctx.per_caption[cid] = {"mean-pixel": v}
+        vals = list(self.values.values())
+        return [MetricValue("mean-pixel", "", sum(vals) / len(vals), len(vals))]
+
+SYSTEMS.register("slow-noise", "test system")(lambda args, ctx: SlowNoise())
+METRICS.register("mean-pixel", "test metric")(lambda args: MeanPixel())
+Runner(load_suite(sys.argv[1]), out_dir=sys.argv[2], progress=False).run()
+'''
+
+SUITE = """suite: resume
+version: 1
+dataset: {name: shapes, resolution: 16, num_captions: 48, train_size: 1, pairs_size: 1}
+generation: {batch_size: 8, seeds: [0, 1], warmup: false}
+systems: [{name: slow-noise}]
+metrics: [{name: mean-pixel}]
+"""
+
+
+def _child(tmp_path, out, log, sleep):
+    (tmp_path / "child.py").write_text(CHILD)
+    (tmp_path / "suite.yaml").write_text(SUITE)
+    env = {**os.environ, "CALL_LOG": str(log), "SLEEP": str(sleep)}
+    return subprocess.Popen([sys.executable, str(tmp_path / "child.py"), str(tmp_path / "suite.yaml"), str(out)],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _calls(log: Path) -> list[list[int]]:
+    return [json.loads(l) for l in log.read_text().splitlines()] if log.exists() else []
+
+
+def test_sigkill_then_resume_matches_uninterrupted_and_regenerates_at_most_one_batch(tmp_path):
+    out, log1, log2 = tmp_path / "killed", tmp_path / "calls1", tmp_path / "calls2"
+    proc = _child(tmp_path, out, log1, sleep=0.4)
+    samples = out / "samples" / "slow-noise" / "seed0"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(samples.glob("*.png"))) < 24:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved_at_kill = {int(p.stem) for p in samples.glob("*.png")}
+    assert 24 <= len(saved_at_kill) < 48, "the kill should land mid-run"
+    assert not list(out.glob("results.*")), "no results file before the run finished"
+    assert not [p for p in samples.iterdir() if p.name.startswith(".")], "no half-written samples left visible"
+
+    proc = _child(tmp_path, out, log2, sleep=0.0)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    first = {c for call in _calls(log1) for c in call}
+    second_seed0 = [c for call in _calls(log2) for c in call if c < 48][: 48 - len(saved_at_kill)]
+    regenerated = first & set(second_seed0)
+    assert len(regenerated) <= 8, f"regenerated {len(regenerated)} captions, more than one batch"
+    assert set(second_seed0) == set(range(48)) - saved_at_kill
+
+    ref_out = tmp_path / "uninterrupted"
+    proc = _child(tmp_path, ref_out, tmp_path / "calls3", sleep=0.0)
+    assert proc.wait(timeout=300) == 0, proc.stderr.read().decode()
+    killed = pd.read_csv(out / "results.csv").sort_values(["seed"])
+    clean = pd.read_csv(ref_out / "results.csv").sort_values(["seed"])
+    assert list(killed["value"]) == list(clean["value"]) and len(killed) == 2
+
+
+def _suite(tmp_path, batch_size):
+    p = tmp_path / f"bs{batch_size}.yaml"
+    p.write_text(f"""suite: bs
+version: 1
+dataset: {{name: shapes, resolution: 16, num_captions: 40, train_size: 1, pairs_size: 1}}
+generation: {{batch_size: {batch_size}, seeds: [0, 3]}}
+systems: [{{name: real-images}}, {{name: noise}}]
+""")
+    return load_suite(p)
+
+
+def test_batch_size_does_not_change_samples(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    Runner(_suite(tmp_path, 8), out_dir=a, progress=False).run()
+    Runner(_suite(tmp_path, 64), out_dir=b, progress=False).run()
+    files = sorted(p.relative_to(a) for p in (a / "samples").rglob("*.png"))
+    assert len(files) == 2 * 2 * 40
+    for rel in files:
+        assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
+
+
+def test_limit_and_resume_only_generate_missing(tmp_path):
+    suite = _suite(tmp_path, 8)
+    Runner(suite, out_dir=tmp_path / "r", limit=8, progress=False).run()
+    folder = tmp_path / "r" / "samples" / "noise" / "seed0"
+    assert len(list(folder.glob("*.png"))) == 8
+    stamp = {p: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+    Runner(suite, out_dir=tmp_path / "r", progress=False).run()
+    assert len(list(folder.glob("*.png"))) == 40
+    assert all(p.stat().st_mtime_ns == t for p, t in stamp.items()), "existing samples were rewritten"
+
+
+def test_caption_seed_is_stable_and_distinct():
+    assert caption_seed(0, 1) == caption_seed(0, 1)
+    assert len({caption_seed(s, c) for s in range(3) for c in range(100)}) == 300

@@ -1,0 +1,106 @@
+"""The suite loader: good suites load, each kind of mistake is one line naming file, line and key."""
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from bench.cli import cli
+from bench.suite import SuiteError, load_suite
+
+BAD = Path(__file__).parent / "suites_bad"
+SUITES = Path(__file__).parents[1] / "suites"
+LINE = re.compile(r"^(?P<file>[^\n:]+):(?P<line>\d+): (?P<key>\S+): (?P<msg>.+)$")
+
+
+def _expectation(path: Path) -> tuple[int, str]:
+    first = path.read_text().splitlines()[:1]
+    if not first:  # the empty file
+        return 1, "<file>"
+    m = re.match(r"# expect: (\d+) (\S+)", first[0])
+    assert m, f"{path.name} lacks its '# expect: LINE KEY' header"
+    return int(m.group(1)), m.group(2)
+
+
+BAD_FILES = sorted(p for p in BAD.glob("*.yaml") if p.name != "cycle_b.yaml")
+
+
+def test_there_are_at_least_15_distinct_malformed_suites():
+    assert len(BAD_FILES) >= 15
+
+
+@pytest.mark.parametrize("path", BAD_FILES, ids=lambda p: p.stem)
+def test_malformed_suite_gives_one_line_with_file_line_key(path):
+    line, key = _expectation(path)
+    result = CliRunner().invoke(cli, ["validate", str(path)])
+    assert result.exit_code == 2, result.output
+    out = result.output.strip()
+    assert "\n" not in out and "Traceback" not in out, out
+    m = LINE.match(out)
+    assert m, out
+    assert m.group("key").rstrip(":") == key, out
+    assert int(m.group("line")) == line, out
+    assert m.group("file").endswith(".yaml"), out
+
+
+def test_unknown_name_lists_the_allowed_ones():
+    with pytest.raises(SuiteError, match=r"allowed: .*noise.*real-images"):
+        load_suite(BAD / "unknown_system.yaml")
+
+
+def test_validate_command_has_no_traceback_end_to_end():
+    proc = subprocess.run([sys.executable, "-m", "bench", "validate", str(BAD / "negative_batch.yaml")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count("\n") == 0 and "Traceback" not in proc.stderr
+    assert "generation.batch_size: must be >= 1, got -4" in proc.stderr
+
+
+def _write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_include_merges_and_the_including_file_wins(tmp_path):
+    _write(tmp_path, "base.yaml", "suite: base\nversion: 1\ndataset: {name: shapes, resolution: 32}\n"
+                                  "generation: {batch_size: 8, seeds: [0, 1]}\nsystems: [{name: noise}]\n")
+    child = _write(tmp_path, "child.yaml", "include: base.yaml\nsuite: child\ngeneration: {batch_size: 16}\n")
+    s = load_suite(child)
+    assert s.suite == "child" and s.generation.batch_size == 16 and s.generation.seeds == (0, 1)
+    assert s.dataset.args.resolution == 32
+
+
+def test_error_in_included_file_names_that_file(tmp_path):
+    _write(tmp_path, "base.yaml", "suite: base\nversion: 1\ndataset: {name: shapes}\ngeneration: {batch_size: 0}\n")
+    child = _write(tmp_path, "child.yaml", "include: base.yaml\nsystems: [{name: noise}]\n")
+    with pytest.raises(SuiteError) as err:
+        load_suite(child)
+    assert str(err.value).startswith(f"{tmp_path / 'base.yaml'}:4: generation.batch_size:")
+
+
+def test_set_overrides_with_type_checking(tmp_path):
+    p = _write(tmp_path, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\nsystems: [{name: noise, alias: n}]\n")
+    s = load_suite(p, ["dataset.resolution=64", "generation.seeds=[3, 4]"])
+    assert s.dataset.args.resolution == 64 and s.generation.seeds == (3, 4)
+    with pytest.raises(SuiteError, match=r"^--set dataset.resolution=big:1: dataset.resolution: expected an integer"):
+        load_suite(p, ["dataset.resolution=big"])
+    with pytest.raises(SuiteError, match=r"^--set nosuch.key=1:1: nosuch: unknown key; allowed: suite, version"):
+        load_suite(p, ["nosuch.key=1"])
+    with pytest.raises(SuiteError, match=r"no list entry 'zz'.*allowed: an index 0..0 or one of n"):
+        load_suite(p, ["systems.zz.alias=x"])
+
+
+def test_bad_set_path_via_cli_exits_2(tmp_path):
+    p = _write(tmp_path, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\nsystems: [{name: noise}]\n")
+    result = CliRunner().invoke(cli, ["validate", str(p), "--set", "generation.nope.deeper=1"])
+    assert result.exit_code == 2 and "generation.nope: unknown argument of generation; allowed: batch_size" in result.output
+
+
+def test_committed_suites_validate():
+    paths = sorted(SUITES.glob("*.yaml"))
+    assert paths
+    result = CliRunner().invoke(cli, ["validate", *map(str, paths)])
+    assert result.exit_code == 0, result.output
