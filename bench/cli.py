@@ -185,17 +185,11 @@ def info() -> None:
     click.echo(f"BENCH_CACHE={cache_dir()}")
 
 
-def _add_optional_commands() -> None:
-    try:
-        from bench.cli_data import data
-    except ImportError:
-        return
-    cli.add_command(data)
-
-
 def main() -> None:
     ensure_allocator_env()
-    _add_optional_commands()
+    from bench.cli_data import data
+
+    cli.add_command(data)
     cli(prog_name="bench")
 
 

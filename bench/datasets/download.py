@@ -1,0 +1,263 @@
+"""Resumable downloads and the MS-COCO fetcher behind `bench data mscoco`.
+
+Rules: a download goes to `<file>.part` and is renamed only once it has every
+byte the server announced; an interrupted transfer keeps the `.part` so the
+next run resumes it with an HTTP Range request. Archives are checked (every
+member's CRC), unpacked into a temporary folder under the root, verified there
+(captions JSON structure, every listed image present, file counts; the official
+counts when the official site is used), and only then moved into place; the
+temporary folder is removed whatever happens. A marker file records a verified
+split so a second run does nothing.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import shutil
+import tempfile
+import urllib.error
+import urllib.request
+import zipfile
+from typing import Callable
+
+from bench.api import UserError
+
+OFFICIAL_BASE_URL = "http://images.cocodataset.org"
+# counts of the official releases (images in the folder, images / annotations in captions_<split>.json)
+OFFICIAL_COUNTS = {
+    "val2014": {"images": 40504, "annotations": 202654},
+    "val2017": {"images": 5000, "annotations": 25014},
+    "train2014": {"images": 82783},
+    "train2017": {"images": 118287},
+}
+USER_AGENT = "clipgen-bench"
+
+
+def _progress(total: int | None, initial: int, desc: str, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                disable=not enabled, leave=False)
+
+
+def _total_from_content_range(value: str | None) -> tuple[int | None, int | None]:
+    """'bytes 100-199/1000' -> (100, 1000); 'bytes */1000' -> (None, 1000)."""
+    m = re.match(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", value or "")
+    if not m:
+        return None, None
+    start = int(m.group(1)) if m.group(1) is not None else None
+    total = int(m.group(2)) if m.group(2) != "*" else None
+    return start, total
+
+
+def download(url: str, dest: str, *, progress: bool = True, timeout: float = 60.0, retries: int = 3,
+             chunk_size: int = 1 << 20) -> str:
+    """Fetch `url` to `dest` through `dest.part`, resuming a previous partial transfer; returns `dest`.
+
+    A connection that breaks mid-transfer is resumed up to `retries` times; if it
+    still fails, the `.part` stays for the next run and a UserError says so.
+    """
+    if os.path.isfile(dest):
+        return dest
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
+    part = dest + ".part"
+    restarted = False
+    attempt = 0
+    while True:
+        offset = os.path.getsize(part) if os.path.isfile(part) else 0
+        request = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+        if offset:
+            request.add_header("Range", f"bytes={offset}-")
+        try:
+            try:
+                response = urllib.request.urlopen(request, timeout=timeout)
+            except urllib.error.HTTPError as err:
+                if err.code == 416 and offset:  # nothing left to send: complete already, or a stale .part
+                    _, total = _total_from_content_range(err.headers.get("Content-Range"))
+                    if total == offset:
+                        break
+                    if not restarted:
+                        os.remove(part)
+                        restarted = True
+                        continue
+                raise UserError(f"download of {url} failed: HTTP {err.code} {err.reason}") from None
+            with response:
+                if response.status == 206:
+                    start, total = _total_from_content_range(response.headers.get("Content-Range"))
+                    if start != offset:
+                        raise UserError(f"download of {url}: server resumed at byte {start}, expected {offset}")
+                    mode = "ab"
+                else:  # 200: the server ignores Range (or there was none); start from zero
+                    length = response.headers.get("Content-Length")
+                    total = int(length) if length is not None else None
+                    offset, mode = 0, "wb"
+                name = os.path.basename(dest)
+                with open(part, mode) as f, _progress(total, offset, name, progress) as bar:
+                    while True:
+                        block = response.read(chunk_size)
+                        if not block:
+                            break
+                        f.write(block)
+                        bar.update(len(block))
+            size = os.path.getsize(part)
+            if total is not None and size != total:
+                raise ConnectionError(f"connection closed at byte {size} of {total}")
+            break
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
+            attempt += 1
+            have = os.path.getsize(part) if os.path.isfile(part) else 0
+            if attempt > retries:
+                reason = getattr(err, "reason", err)
+                if have == 0:
+                    if os.path.isfile(part):
+                        os.remove(part)
+                    raise UserError(f"download of {url} failed ({reason}): check the network or the base URL") from None
+                raise UserError(f"download of {url} failed ({reason}) with {have} bytes kept in {part}: "
+                                "run the same command again to resume") from None
+    os.replace(part, dest)
+    return dest
+
+
+def verify_zip(path: str) -> list[str]:
+    """Member names of a zip archive whose every member passes its CRC check; UserError otherwise."""
+    try:
+        with zipfile.ZipFile(path) as z:
+            bad = z.testzip()
+            names = z.namelist()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise UserError(f"{path} is not a readable zip archive ({err})") from None
+    if bad is not None:
+        raise UserError(f"{path} is corrupt: member {bad} fails its CRC check")
+    return names
+
+
+def _safe_member(name: str) -> bool:
+    parts = name.replace("\\", "/").split("/")
+    return not name.startswith(("/", "\\")) and ".." not in parts and ":" not in parts[0]
+
+
+def extract(path: str, into: str, keep: Callable[[str], bool] = lambda name: True, progress: bool = True) -> list[str]:
+    """Unpack the members `keep` accepts into the folder `into`; returns the file names extracted."""
+    from tqdm import tqdm
+
+    done = []
+    with zipfile.ZipFile(path) as z:
+        members = [m for m in z.infolist() if keep(m.filename)]
+        for m in tqdm(members, desc=f"unpack {os.path.basename(path)}", unit="file", disable=not progress, leave=False):
+            if not _safe_member(m.filename):
+                raise UserError(f"{path} holds an unsafe member name {m.filename!r}; refusing to unpack it")
+            z.extract(m, into)
+            if not m.is_dir():
+                done.append(m.filename)
+    return done
+
+
+def _move_into_place(tmp: str, root: str) -> None:
+    """Move tmp's top-level entries into root: whole new folders at once, else file by file."""
+    for entry in sorted(os.listdir(tmp)):
+        src, dst = os.path.join(tmp, entry), os.path.join(root, entry)
+        if not os.path.exists(dst):
+            os.replace(src, dst)
+        elif os.path.isdir(src) and os.path.isdir(dst):
+            for dirpath, _, files in os.walk(src):
+                target = os.path.join(dst, os.path.relpath(dirpath, src))
+                os.makedirs(target, exist_ok=True)
+                for name in files:
+                    os.replace(os.path.join(dirpath, name), os.path.join(target, name))
+        else:
+            os.replace(src, dst)
+
+
+def verify_coco_split(folder_root: str, split: str, official: bool) -> dict:
+    """Check annotations/captions_<split>.json and <split>/ under folder_root; returns the counts."""
+    from bench.datasets.mscoco import check_captions_structure
+
+    ann_path = os.path.join(folder_root, "annotations", f"captions_{split}.json")
+    try:
+        with open(ann_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as err:
+        raise UserError(f"cannot read {ann_path} as JSON ({err})") from None
+    problem = check_captions_structure(data)
+    if problem:
+        raise UserError(f"{ann_path} is not a COCO captions file: {problem}")
+    image_dir = os.path.join(folder_root, split)
+    on_disk = set(os.listdir(image_dir)) if os.path.isdir(image_dir) else set()
+    listed = [im["file_name"] for im in data["images"]]
+    absent = [n for n in listed if n not in on_disk]
+    if absent:
+        raise UserError(f"{len(absent)} of the {len(listed)} images listed in captions_{split}.json are missing "
+                        f"from {split}/ (e.g. {absent[0]})")
+    jpegs = sum(1 for n in on_disk if n.lower().endswith((".jpg", ".jpeg")))
+    if jpegs != len(listed):
+        raise UserError(f"{split}/ holds {jpegs} JPEGs but captions_{split}.json lists {len(listed)} images")
+    counts = {"images": len(listed), "annotations": len(data["annotations"])}
+    if official:
+        expected = OFFICIAL_COUNTS[split]
+        for key, value in expected.items():
+            if counts[key] != value:
+                raise UserError(f"{split}: {counts[key]} {key}, the official release has {value}")
+    return counts
+
+
+def fetch_coco(root: str, split: str = "val2014", base_url: str = OFFICIAL_BASE_URL, with_train: bool = False,
+               keep_archives: bool = False, check_counts: bool | None = None, progress: bool = True,
+               timeout: float = 60.0, retries: int = 3, log: Callable[[str], None] = print) -> dict:
+    """Download, verify and unpack MS-COCO `split` (+ captions, + train images if asked) under `root`.
+
+    check_counts=None means: compare with the official counts only when base_url is the official site.
+    Returns {"root", "split", "counts": {...}, "skipped": bool}.
+    """
+    if split not in ("val2014", "val2017"):
+        raise UserError(f"unknown MS-COCO split {split!r}; known: val2014, val2017")
+    official = (base_url.rstrip("/") == OFFICIAL_BASE_URL) if check_counts is None else check_counts
+    year = split[-4:]
+    splits = [split] + ([f"train{year}"] if with_train else [])
+    root = os.path.abspath(root)
+    os.makedirs(root, exist_ok=True)
+    marker = os.path.join(root, f".bench-mscoco-{'+'.join(splits)}.json")
+    if os.path.isfile(marker) and all(os.path.isdir(os.path.join(root, s)) for s in splits):
+        with open(marker) as f:
+            recorded = json.load(f)
+        log(f"MS-COCO {'+'.join(splits)} already verified under {root}")
+        return {"root": root, "split": split, "counts": recorded.get("counts", {}), "skipped": True}
+
+    base = base_url.rstrip("/")
+    downloads = os.path.join(root, "downloads")
+    archives = {"annotations": os.path.join(downloads, f"annotations_trainval{year}.zip")}
+    urls = {"annotations": f"{base}/annotations/annotations_trainval{year}.zip"}
+    for s in splits:
+        archives[s] = os.path.join(downloads, f"{s}.zip")
+        urls[s] = f"{base}/zips/{s}.zip"
+    for key, dest in archives.items():
+        log(f"fetching {urls[key]}")
+        download(urls[key], dest, progress=progress, timeout=timeout, retries=retries)
+        try:
+            verify_zip(dest)
+        except UserError as err:
+            os.remove(dest)  # a complete but corrupt archive: the next run downloads it afresh
+            raise UserError(f"{err}; it was deleted, run the command again to download it afresh") from None
+
+    tmp = tempfile.mkdtemp(prefix=".bench-unpack-", dir=root)
+    try:
+        extract(archives["annotations"], tmp, lambda n: re.fullmatch(r"annotations/captions_\w+\.json", n) is not None,
+                progress)
+        for s in splits:
+            extract(archives[s], tmp, lambda n, s=s: n.startswith(f"{s}/"), progress)
+        counts = {s: verify_coco_split(tmp, s, official) for s in splits}
+        _move_into_place(tmp, root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    with open(marker + ".tmp", "w") as f:
+        json.dump({"splits": splits, "base_url": base, "counts": counts, "official_counts_checked": official}, f, indent=1)
+    os.replace(marker + ".tmp", marker)
+    if not keep_archives:
+        for dest in archives.values():
+            os.remove(dest)
+        if not os.listdir(downloads):
+            os.rmdir(downloads)
+    log(f"MS-COCO {'+'.join(splits)} verified under {root}: " +
+        ", ".join(f"{s}: {c['images']} images, {c['annotations']} captions" for s, c in counts.items()))
+    return {"root": root, "split": split, "counts": counts, "skipped": False}

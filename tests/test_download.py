@@ -1,0 +1,224 @@
+"""Resumable download and `bench data mscoco`, against a local HTTP server on 127.0.0.1 (no network)."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from bench.api import UserError
+from bench.cli_data import data
+from bench.datasets.download import download, extract, fetch_coco, verify_zip
+from bench.datasets.mscoco import CocoArgs, make_mscoco
+
+try:  # tests/ as a package or as a plain folder on sys.path
+    from tests.fixtures_coco import make_coco_archives
+except ImportError:
+    from fixtures_coco import make_coco_archives
+
+
+class Site:
+    """Serves files under `root` with HTTP Range support; can cut a transfer short or ignore Range."""
+
+    def __init__(self, root: str):
+        self.root = root
+        self.requests: list[tuple[str, str | None]] = []  # (path, Range header)
+        self.cut_after: dict[str, int] = {}  # path -> bytes to send once before dropping the connection
+        self.ignore_range = False
+        site = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def do_GET(self):
+                rng = self.headers.get("Range")
+                site.requests.append((self.path, rng))
+                path = os.path.join(site.root, self.path.lstrip("/"))
+                if not os.path.isfile(path):
+                    self.send_error(404)
+                    return
+                blob = open(path, "rb").read()
+                start = 0
+                m = re.fullmatch(r"bytes=(\d+)-", rng or "")
+                if m and not site.ignore_range:
+                    start = int(m.group(1))
+                    if start >= len(blob):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(blob)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(blob) - 1}/{len(blob)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Length", str(len(blob) - start))
+                self.end_headers()
+                body = blob[start:]
+                cut = site.cut_after.pop(self.path, None)
+                if cut is not None:
+                    body = body[:cut]
+                    self.close_connection = True
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(timeout=5)
+
+
+@pytest.fixture
+def site(tmp_path):
+    s = Site(str(tmp_path / "site"))
+    os.makedirs(s.root)
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def blob(site):
+    data = np.random.default_rng(0).integers(0, 256, 300_000, dtype=np.uint8).tobytes()
+    with open(os.path.join(site.root, "big.bin"), "wb") as f:
+        f.write(data)
+    return data
+
+
+def leftovers(folder) -> list[str]:
+    return [os.path.join(d, n) for d, dirs, files in os.walk(folder) for n in files + dirs
+            if n.endswith((".part", ".tmp")) or n.startswith(".bench-unpack-")]
+
+
+def test_interrupted_download_keeps_part_and_resumes(site, blob, tmp_path):
+    dest = str(tmp_path / "out" / "big.bin")
+    site.cut_after["/big.bin"] = 100_000
+    with pytest.raises(UserError, match="run the same command again to resume"):
+        download(f"{site.url}/big.bin", dest, progress=False, retries=0, timeout=5)
+    assert not os.path.exists(dest) and os.path.getsize(dest + ".part") == 100_000
+    assert download(f"{site.url}/big.bin", dest, progress=False, timeout=5) == dest
+    assert open(dest, "rb").read() == blob and not os.path.exists(dest + ".part")
+    assert site.requests == [("/big.bin", None), ("/big.bin", "bytes=100000-")]
+
+
+def test_retries_resume_within_one_call(site, blob, tmp_path):
+    dest = str(tmp_path / "big.bin")
+    site.cut_after["/big.bin"] = 12_345
+    download(f"{site.url}/big.bin", dest, progress=False, retries=1, timeout=5)
+    assert open(dest, "rb").read() == blob
+    assert [r for _, r in site.requests] == [None, "bytes=12345-"]
+
+
+def test_server_without_range_restarts_cleanly(site, blob, tmp_path):
+    dest = str(tmp_path / "big.bin")
+    with open(dest + ".part", "wb") as f:
+        f.write(b"stale bytes that must not survive")
+    site.ignore_range = True
+    download(f"{site.url}/big.bin", dest, progress=False, timeout=5)
+    assert open(dest, "rb").read() == blob
+
+
+def test_complete_part_is_finished_by_416(site, blob, tmp_path):
+    dest = str(tmp_path / "big.bin")
+    with open(dest + ".part", "wb") as f:
+        f.write(blob)
+    download(f"{site.url}/big.bin", dest, progress=False, timeout=5)
+    assert open(dest, "rb").read() == blob and site.requests == [("/big.bin", "bytes=300000-")]
+
+
+def test_missing_file_is_one_line_user_error(site, tmp_path):
+    dest = str(tmp_path / "nothing.zip")
+    with pytest.raises(UserError, match="HTTP 404"):
+        download(f"{site.url}/nothing.zip", dest, progress=False, timeout=5)
+    assert os.listdir(tmp_path) == ["site"]
+
+
+def test_verify_zip_and_safe_extract(tmp_path):
+    good = str(tmp_path / "good.zip")
+    with zipfile.ZipFile(good, "w", zipfile.ZIP_STORED) as z:
+        z.writestr("d/a.txt", "hello world " * 50)
+    assert verify_zip(good) == ["d/a.txt"]
+    raw = bytearray(open(good, "rb").read())
+    raw[raw.find(b"hello world") + 5] ^= 0xFF
+    bad = str(tmp_path / "bad.zip")
+    open(bad, "wb").write(raw)
+    with pytest.raises(UserError, match="CRC"):
+        verify_zip(bad)
+    open(bad, "wb").write(b"PK not really")
+    with pytest.raises(UserError, match="not a readable zip"):
+        verify_zip(bad)
+    evil = str(tmp_path / "evil.zip")
+    with zipfile.ZipFile(evil, "w") as z:
+        z.writestr("../escape.txt", "x")
+    with pytest.raises(UserError, match="unsafe member"):
+        extract(evil, str(tmp_path / "into"), progress=False)
+    assert not os.path.exists(tmp_path / "escape.txt")
+
+
+def test_cli_fetches_verifies_and_feeds_the_dataset(site, tmp_path):
+    make_coco_archives(site.root, "val2014", n_images=12)
+    root = str(tmp_path / "coco")
+    result = CliRunner().invoke(data, ["mscoco", "--root", root, "--base-url", site.url, "--quiet", "--timeout", "5"])
+    assert result.exit_code == 0, result.output
+    assert sorted(os.listdir(os.path.join(root, "annotations"))) == ["captions_train2014.json", "captions_val2014.json"]
+    assert len(os.listdir(os.path.join(root, "val2014"))) == 12
+    assert not os.path.exists(os.path.join(root, "downloads")) and leftovers(root) == []
+    marker = json.load(open(os.path.join(root, ".bench-mscoco-val2014.json")))
+    assert marker["counts"]["val2014"]["images"] == 12 and marker["official_counts_checked"] is False
+    d = make_mscoco(CocoArgs(root=root, resolution=16, num_captions=5, train_split="val-rest"))
+    assert len(d.eval_captions()) == 5 and sum(len(b) for b in d.iter_reference_images()) == 5
+    n_requests = len(site.requests)
+    again = CliRunner().invoke(data, ["mscoco", "--root", root, "--base-url", site.url, "--quiet"])
+    assert again.exit_code == 0 and "already verified" in again.output and len(site.requests) == n_requests
+    # a second split joins the same root: annotations/ is merged file by file
+    make_coco_archives(site.root, "val2017", n_images=5)
+    third = CliRunner().invoke(data, ["mscoco", "--root", root, "--split", "val2017", "--base-url", site.url, "--quiet"])
+    assert third.exit_code == 0, third.output
+    assert sorted(os.listdir(os.path.join(root, "annotations"))) == [
+        "captions_train2014.json", "captions_train2017.json", "captions_val2014.json", "captions_val2017.json"]
+    assert len(os.listdir(os.path.join(root, "val2017"))) == 5 and len(os.listdir(os.path.join(root, "val2014"))) == 12
+
+
+def test_corrupt_archive_leaves_nothing(site, tmp_path):
+    make_coco_archives(site.root, "val2014", n_images=6)
+    zpath = os.path.join(site.root, "zips", "val2014.zip")
+    with zipfile.ZipFile(zpath) as z:
+        member = z.read(z.namelist()[2])
+    raw = bytearray(open(zpath, "rb").read())
+    raw[raw.find(member) + len(member) // 2] ^= 0xFF
+    open(zpath, "wb").write(raw)
+    root = str(tmp_path / "coco")
+    result = CliRunner().invoke(data, ["mscoco", "--root", root, "--base-url", site.url, "--quiet", "--timeout", "5"])
+    assert result.exit_code == 2 and "CRC" in result.output and "afresh" in result.output
+    assert not os.path.exists(os.path.join(root, "downloads", "val2014.zip"))
+    assert not os.path.exists(os.path.join(root, "val2014")) and not os.path.exists(os.path.join(root, "annotations"))
+    assert leftovers(root) == []
+
+
+def test_failed_verification_moves_nothing_into_place(site, tmp_path):
+    make_coco_archives(site.root, "val2014", n_images=6)
+    root = str(tmp_path / "coco")
+    with pytest.raises(UserError, match="official release has 40504"):  # the fixture is not the official release
+        fetch_coco(root, base_url=site.url, check_counts=True, progress=False, timeout=5, log=lambda s: None)
+    assert sorted(os.listdir(root)) == ["downloads"] and leftovers(root) == []
+    # drop one image from the archive: the JSON now lists a file that is absent
+    zpath = os.path.join(site.root, "zips", "val2014.zip")
+    with zipfile.ZipFile(zpath) as z:
+        members = {n: z.read(n) for n in z.namelist()[1:]}
+    with zipfile.ZipFile(zpath, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+    os.remove(os.path.join(root, "downloads", "val2014.zip"))
+    with pytest.raises(UserError, match="missing from val2014/"):
+        fetch_coco(root, base_url=site.url, progress=False, timeout=5, log=lambda s: None)
+    assert sorted(os.listdir(root)) == ["downloads"] and leftovers(root) == []
