@@ -1,0 +1,321 @@
+"""Nearest-code lookup for vector quantisation: for each row of z, the index of
+the closest codebook row in squared L2 distance.
+
+Three backends, one answer:
+
+- ``full``   : ||z||^2 - 2 z.e + ||e||^2 over the whole N x K matrix, then argmin
+               (what taming-transformers does). The plain twin, used by tests.
+- ``torch``  : chunked over N, so the extra memory is O(chunk x K). It drops the
+               constant ||z||^2 and folds ||e||^2 into the matmul by augmenting
+               z with a column of ones and e with a column of -||e||^2 / 2, so one
+               GEMM yields z.e - ||e||^2/2 and an argmax finishes the job.
+               Default on CPU.
+- ``triton`` : one fused kernel that streams codebook tiles through ``tl.dot``
+               and keeps a running min / argmin per row; the N x K matrix never
+               exists. Default on CUDA. Runs on CPU tensors under
+               ``TRITON_INTERPRET=1`` (set before the first triton call).
+
+What is guaranteed (fp32, TF32 off, "exact mode"):
+
+1. Among bitwise-identical codes every backend returns the lowest index (BLAS
+   may round one code differently at different column positions, so this is
+   settled after the search by mapping each code to its first duplicate).
+2. The three backends round differently (with or without ||z||^2, different
+   summation orders), so their indices agree whenever, for that row, the exact
+   best and second-best distances differ by more than ``2 * exact_bound`` where
+   ``exact_bound = EXACT_RTOL * (||z||^2 + max_k ||e_k||^2)`` (a worst-case fp32
+   rounding bound, see ``distance_error_bound``). Otherwise the chosen code's exact
+   distance is within ``2 * exact_bound`` of the true minimum.
+
+Fast modes (TF32 matmuls, or bf16 / fp16 inputs with fp32 accumulation in the
+triton backend): the chosen code's exact distance is within
+``2 * FAST_RTOL[mode] * (||z||^2 + max_k ||e_k||^2)`` of the true minimum.
+``full`` and ``torch`` always upcast half inputs to fp32; TF32 for them follows
+``torch.backends.cuda.matmul.allow_tf32`` and, for triton, the same flag picks
+``input_precision="tf32"`` versus ``"ieee"``.
+"""
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+from torch import Tensor
+
+BACKENDS = ("auto", "full", "torch", "triton")
+
+# unit roundoff of fp32 is 2**-24; a D-term dot product plus three extra
+# additions loses at most about (D + 3) units relative to the sum of magnitudes
+# |z|^2 + 2|z||e| + |e|^2 <= 2 (|z|^2 + |e|^2). EXACT_RTOL is per unit of D.
+_U_FP32 = 2.0 ** -24
+# relative error of one product from rounding the inputs (TF32 keeps 10
+# mantissa bits, bf16 7, fp16 10), times 2 for the two inputs, times a safety 2.
+FAST_RTOL = {"tf32": 4 * 2.0 ** -11, "bfloat16": 4 * 2.0 ** -8, "float16": 4 * 2.0 ** -11}
+
+# codebook entries per chunk for the torch backend: chunk rows = budget // K.
+# 2**22 fp32 = 16 MiB of scores (256 rows at K=16384): keeps peak extra memory under 1/8 of `full` (benchmarks/test_bench_vq.py).
+_TORCH_CHUNK_ELEMS = 2 ** 22
+_ARGMAX_BLOCK = 128
+
+
+def distance_error_bound(z: Tensor, codebook: Tensor, mode: str = "exact") -> Tensor:
+    """Per-row bound [N] on |computed - exact| squared distance for any code.
+
+    mode "exact": fp32 arithmetic with D-term dot products;
+    mode "tf32" / "bfloat16" / "float16": input rounding of the fast modes
+    (plus the fp32 accumulation error).
+    """
+    z64, e64 = z.double(), codebook.double()
+    scale = (z64 * z64).sum(1) + (e64 * e64).sum(1).max()
+    exact = 2 * (z.shape[1] + 4) * _U_FP32
+    rtol = exact if mode == "exact" else exact + FAST_RTOL[mode]
+    return rtol * scale
+
+
+# ---------------------------------------------------------------------------
+# argument checks (one clear line per user mistake)
+# ---------------------------------------------------------------------------
+
+def _check(z: Tensor, codebook: Tensor, backend: str, chunk_size: int | None) -> None:
+    if backend not in BACKENDS:
+        raise ValueError(f"vq_lookup: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    if not isinstance(z, Tensor) or not isinstance(codebook, Tensor):
+        raise ValueError("vq_lookup: z and codebook must be torch tensors")
+    if z.dim() != 2 or codebook.dim() != 2:
+        raise ValueError(f"vq_lookup: expected z [N,D] and codebook [K,D], got {tuple(z.shape)} and {tuple(codebook.shape)}")
+    if z.shape[1] != codebook.shape[1]:
+        raise ValueError(f"vq_lookup: z has D={z.shape[1]} but the codebook has D={codebook.shape[1]}")
+    if codebook.shape[0] == 0:
+        raise ValueError("vq_lookup: the codebook is empty (K=0)")
+    if not (z.is_floating_point() and codebook.is_floating_point()):
+        raise ValueError(f"vq_lookup: z and codebook must be floating point, got {z.dtype} and {codebook.dtype}")
+    if z.device != codebook.device:
+        raise ValueError(f"vq_lookup: z is on {z.device} but the codebook is on {codebook.device}")
+    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"vq_lookup: chunk_size must be a positive int or None, got {chunk_size!r}")
+
+
+def _as_fp32(x: Tensor) -> Tensor:
+    return x if x.dtype == torch.float32 else x.float()
+
+
+# ---------------------------------------------------------------------------
+# backend "full": the plain twin
+# ---------------------------------------------------------------------------
+
+def _lookup_full(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
+    z, e = _as_fp32(z), _as_fp32(codebook)
+    z_sq = (z * z).sum(1, keepdim=True)  # [N,1]
+    e_sq = (e * e).sum(1)  # [K]
+    dist = z_sq - 2.0 * (z @ e.t()) + e_sq  # [N,K]
+    best, idx = dist.min(1)  # ties: lowest index
+    return idx, best.clamp_min_(0.0)
+
+
+# ---------------------------------------------------------------------------
+# backend "torch": chunked over N, one augmented GEMM + argmax per chunk
+# ---------------------------------------------------------------------------
+
+def _lookup_torch(z: Tensor, codebook: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
+    z, e = _as_fp32(z), _as_fp32(codebook)
+    n, d = z.shape
+    k = e.shape[0]
+    chunk = chunk_size or max(1, _TORCH_CHUNK_ELEMS // k)
+    # argmax over k in blocks of G: one vectorised amax pass over the scores,
+    # then a second look inside the winning block only (max with indices over
+    # the whole row is several times slower on CPU)
+    g = _ARGMAX_BLOCK if k >= 2 * _ARGMAX_BLOCK else k
+    nb = -(-k // g)
+    k_pad = nb * g
+    # augmented codebook [K_pad, D+1]: rows (e, -||e||^2/2), and padding rows
+    # (0, -inf) that can never win; z chunks get a column of ones, so
+    # (z, 1) . (e, -||e||^2/2) = z.e - ||e||^2/2 = (||z||^2 - ||z - e||^2) / 2
+    e_aug = torch.zeros(k_pad, d + 1, dtype=e.dtype, device=e.device)
+    e_aug[:k, :d] = e
+    e_aug[:k, d] = torch.einsum("kd,kd->k", e, e).mul_(-0.5)  # no [K,D] temporary
+    e_aug[k:, d] = float("-inf")
+    e_aug_t = e_aug.t()  # [D+1, K_pad]
+    rows = min(chunk, n)
+    z_aug = torch.empty(rows, d + 1, dtype=z.dtype, device=z.device)
+    z_aug[:, d] = 1.0
+    scores = torch.empty(rows, k_pad, dtype=z.dtype, device=z.device)
+    idx = torch.empty(n, dtype=torch.int64, device=z.device)
+    best = torch.empty(n, dtype=z.dtype, device=z.device)
+    for start in range(0, n, chunk):
+        stop = min(start + chunk, n)
+        m = stop - start
+        z_aug[:m, :d] = z[start:stop]
+        s = torch.mm(z_aug[:m], e_aug_t, out=scores[:m])  # [m, K_pad]
+        blocks = s.view(m, nb, g)  # [m, nb, G]
+        block = blocks.amax(2).argmax(1)  # [m] first block holding the row max
+        inside = blocks[torch.arange(m, device=z.device), block]  # [m, G]
+        best[start:stop], pos = inside.max(1)  # ties: first position
+        idx[start:stop] = block * g + pos
+    # squared distance = ||z||^2 - 2 * max score
+    dist = (z * z).sum(1).sub_(best.mul_(2.0)).clamp_min_(0.0)
+    return idx, dist
+
+
+# ---------------------------------------------------------------------------
+# backend "triton": fused streaming argmin (kernels are built lazily so that
+# TRITON_INTERPRET can be set before the first use)
+# ---------------------------------------------------------------------------
+
+def _interpret() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.cache
+def _triton_kernel(interpret: bool):
+    # `interpret` is part of the cache key: triton.jit reads TRITON_INTERPRET when it decorates
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def vq_argmin_kernel(
+        z_ptr, e_ptr, esq_ptr, idx_ptr, best_ptr,
+        N, K, D,
+        stride_zn, stride_zd, stride_ek, stride_ed,
+        BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+        PRECISION: tl.constexpr,
+    ):
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        row_ok = rows < N
+        rows64 = rows.to(tl.int64)
+        offs_d = tl.arange(0, BLOCK_D)
+        best = tl.full([BLOCK_N], float("inf"), tl.float32)
+        best_idx = tl.zeros([BLOCK_N], tl.int32)
+        for k0 in range(0, K, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            col_ok = cols < K
+            cols64 = cols.to(tl.int64)
+            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+            for d0 in range(0, D, BLOCK_D):
+                dd = d0 + offs_d
+                d_ok = dd < D
+                z_tile = tl.load(  # [BLOCK_N, BLOCK_D]
+                    z_ptr + rows64[:, None] * stride_zn + dd[None, :] * stride_zd,
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+                e_tile = tl.load(  # [BLOCK_D, BLOCK_K]: the codebook tile, transposed by indexing
+                    e_ptr + cols64[None, :] * stride_ek + dd[:, None] * stride_ed,
+                    mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+                acc = tl.dot(z_tile, e_tile, acc, input_precision=PRECISION)
+            e_sq = tl.load(esq_ptr + cols, mask=col_ok, other=float("inf"))
+            dist = e_sq[None, :] - 2.0 * acc  # ||z-e||^2 - ||z||^2; +inf past K
+            tile_best, tile_arg = tl.min(dist, axis=1, return_indices=True,
+                                         return_indices_tie_break_left=True)
+            better = tile_best < best  # strict: an earlier tile keeps ties
+            best = tl.where(better, tile_best, best)
+            best_idx = tl.where(better, k0 + tile_arg, best_idx)
+        tl.store(idx_ptr + rows, best_idx, mask=row_ok)
+        tl.store(best_ptr + rows, best, mask=row_ok)
+
+    if interpret:
+        return vq_argmin_kernel, None
+    configs = [
+        triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_N": 128, "BLOCK_K": 256, "BLOCK_D": 32}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 32}, num_warps=4, num_stages=4),
+        triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=4, num_stages=3),
+        triton.Config({"BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 32}, num_warps=4, num_stages=2),
+    ]
+    tuned = triton.autotune(configs=configs, key=["K", "D", "PRECISION"])(vq_argmin_kernel)
+    return vq_argmin_kernel, tuned
+
+
+def _lookup_triton(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
+    if z.device.type != "cuda" and not _interpret():
+        raise ValueError("vq_lookup: backend='triton' needs CUDA tensors "
+                         "(or TRITON_INTERPRET=1 set before the first triton call, to run on CPU)")
+    if z.dtype != codebook.dtype:
+        common = torch.promote_types(z.dtype, codebook.dtype)
+        z, codebook = z.to(common), codebook.to(common)
+    if z.dtype == torch.float64:
+        z, codebook = z.float(), codebook.float()
+    n, d = z.shape
+    k = codebook.shape[0]
+    e_sq = (_as_fp32(codebook) ** 2).sum(1).contiguous()  # [K] fp32, same rounding for equal codes
+    idx = torch.empty(n, dtype=torch.int32, device=z.device)
+    best = torch.empty(n, dtype=torch.float32, device=z.device)
+    if z.dtype == torch.float32 and z.device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+        precision = "tf32"
+    else:
+        precision = "ieee"  # fp32 exact mode; for bf16/fp16 inputs it has no effect
+    interpret = _interpret()
+    plain, tuned = _triton_kernel(interpret)
+    args = (z, codebook, e_sq, idx, best, n, k, d,
+            z.stride(0), z.stride(1), codebook.stride(0), codebook.stride(1))
+    if tuned is None:  # interpreter: small fixed tiles so that the masks get exercised
+        plain[(triton_cdiv(n, 16),)](*args, BLOCK_N=16, BLOCK_K=32, BLOCK_D=16, PRECISION=precision)
+    else:
+        tuned[lambda meta: (triton_cdiv(n, meta["BLOCK_N"]),)](*args, PRECISION=precision)
+    z32 = _as_fp32(z)
+    dist = (z32 * z32).sum(1).add_(best).clamp_min_(0.0)
+    return idx.long(), dist
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+# ---------------------------------------------------------------------------
+# exact duplicates: BLAS kernels may round the same code differently at
+# different column positions (vector tails, GEMV paths), so ties between
+# bitwise-identical codes are settled here, once, for every backend
+# ---------------------------------------------------------------------------
+
+_INT_OF = {2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def _lowest_duplicate(codebook: Tensor) -> Tensor | None:
+    """[K] map from each code to the lowest index of a bitwise-identical code, or None if all differ."""
+    bits = codebook.view(_INT_OF[codebook.element_size()])  # [K,D] same bytes as integers
+    row_sum = bits.sum(1, dtype=bits.dtype)  # [K] wrapping checksum, equal rows have equal sums
+    sorted_sum = row_sum.sort().values
+    if not bool((sorted_sum[1:] == sorted_sum[:-1]).any()):
+        return None
+    _, group = torch.unique(bits, dim=0, return_inverse=True)  # [K] group of identical rows
+    k = codebook.shape[0]
+    first = torch.full((k,), k, dtype=torch.int64, device=codebook.device)
+    first.scatter_reduce_(0, group, torch.arange(k, device=codebook.device), reduce="amin")
+    return first[group]
+
+
+# ---------------------------------------------------------------------------
+# public entry point
+# ---------------------------------------------------------------------------
+
+@torch.no_grad()
+def vq_lookup(
+    z: Tensor,
+    codebook: Tensor,
+    backend: str = "auto",
+    return_distances: bool = False,
+    chunk_size: int | None = None,
+) -> Tensor | tuple[Tensor, Tensor]:
+    """Index of the nearest codebook row for each row of z.
+
+    z [N,D], codebook [K,D] -> indices [N] int64 (ties go to the lowest index);
+    with ``return_distances`` also the squared L2 distances [N] fp32.
+    backend: "auto" ("triton" on CUDA tensors, "torch" otherwise), "full",
+    "torch" (``chunk_size`` rows of z at a time; default 2**22 // K) or "triton".
+    """
+    _check(z, codebook, backend, chunk_size)
+    if backend == "auto":
+        backend = "triton" if z.device.type == "cuda" else "torch"
+    if z.shape[0] == 0:
+        idx = torch.empty(0, dtype=torch.int64, device=z.device)
+        dist = torch.empty(0, dtype=torch.float32, device=z.device)
+    elif backend == "full":
+        idx, dist = _lookup_full(z, codebook)
+    elif backend == "torch":
+        idx, dist = _lookup_torch(z, codebook, chunk_size)
+    else:
+        idx, dist = _lookup_triton(z, codebook)
+    if z.shape[0] > 0:
+        lowest = _lowest_duplicate(codebook)
+        if lowest is not None:
+            idx = lowest[idx]
+    return (idx, dist) if return_distances else idx

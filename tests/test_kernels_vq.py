@@ -1,0 +1,285 @@
+"""Nearest-code lookup: every backend against the plain `full` twin.
+
+What is asserted is exactly what reference/kernels/vq_lookup.py promises:
+- exactly duplicated codes: every backend returns the lowest index among them;
+- fp32 exact mode: indices equal `full` on every row whose exact best and
+  second-best distances differ by more than 2 * distance_error_bound, and the
+  chosen code's exact (fp64) distance is within 2 * bound of the minimum;
+- well-separated codes: every backend returns exactly the same indices;
+- fast modes (TF32, bf16, fp16): the chosen code's exact distance is within
+  2 * distance_error_bound(mode) of the minimum.
+
+On CPU the triton kernel runs under the triton interpreter (TRITON_INTERPRET=1,
+set by the `kernel_device` fixture before the kernel is first built); with CUDA
+the same tests run the compiled kernel, and the `cuda` tests add larger shapes
+and the fast modes.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import pytest
+import torch
+
+from reference.kernels import vq_lookup
+from reference.kernels.vq_lookup import distance_error_bound
+
+# the submodule (the package attribute `vq_lookup` is the function of the same name)
+vq_mod = importlib.import_module("reference.kernels.vq_lookup")
+
+HAS_CUDA = torch.cuda.is_available()
+cuda_only = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
+
+
+@pytest.fixture(scope="module")
+def kernel_device():
+    """'cuda' when there is a GPU, else 'cpu' with the triton interpreter switched on."""
+    if HAS_CUDA:
+        yield "cuda"
+        return
+    old = os.environ.get("TRITON_INTERPRET")
+    os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        yield "cpu"
+    finally:
+        if old is None:
+            os.environ.pop("TRITON_INTERPRET", None)
+        else:
+            os.environ["TRITON_INTERPRET"] = old
+
+
+@pytest.fixture(autouse=True)
+def exact_fp32():
+    """Exact mode: TF32 off for the duration of a test (restored afterwards)."""
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def exact_distances(z: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+    z64, e64 = z.double().cpu(), codebook.double().cpu()
+    return ((z64[:, None, :] - e64[None, :, :]) ** 2).sum(-1)  # [N,K]
+
+
+def check_guarantee(z, codebook, idx, idx_full, mode="exact"):
+    """The documented promise, row by row; returns how many rows were 'clear'."""
+    exact = exact_distances(z.float(), codebook.float())
+    bound = 2 * distance_error_bound(z.float().cpu(), codebook.float().cpu(), mode)
+    idx, idx_full = idx.cpu(), idx_full.cpu()
+    chosen = exact.gather(1, idx[:, None]).squeeze(1)
+    dmin = exact.min(1).values
+    assert (chosen - dmin <= bound).all(), f"max excess {(chosen - dmin - bound).max().item()}"
+    if exact.shape[1] >= 2:
+        two = exact.topk(2, dim=1, largest=False).values
+        clear = (two[:, 1] - two[:, 0]) > bound
+    else:
+        clear = torch.ones(exact.shape[0], dtype=torch.bool)
+    assert torch.equal(idx[clear], idx_full[clear])
+    return int(clear.sum())
+
+
+def backends(device):
+    """(name, callable) for every backend and a few chunk sizes of the torch one."""
+    return [
+        ("full", lambda z, e: vq_lookup(z, e, backend="full")),
+        ("torch", lambda z, e: vq_lookup(z, e, backend="torch")),
+        ("torch-chunk1", lambda z, e: vq_lookup(z, e, backend="torch", chunk_size=1)),
+        ("torch-chunk7", lambda z, e: vq_lookup(z, e, backend="torch", chunk_size=7)),
+        ("triton", lambda z, e: vq_lookup(z, e, backend="triton")),
+    ]
+
+
+SHAPES = [(1, 1, 1), (7, 1, 5), (33, 17, 3), (50, 129, 33), (64, 64, 16), (3, 200, 70), (17, 31, 2)]
+
+
+@pytest.mark.parametrize("n,k,d", SHAPES)
+def test_backends_keep_the_promise_on_random_shapes(kernel_device, n, k, d):
+    g = torch.Generator().manual_seed(n * 1000 + k * 10 + d)
+    z = torch.randn(n, d, generator=g).to(kernel_device)
+    e = torch.randn(k, d, generator=g).to(kernel_device)
+    ref = vq_lookup(z, e, backend="full")
+    assert ref.dtype == torch.int64 and ref.shape == (n,)
+    for name, fn in backends(kernel_device):
+        idx = fn(z, e)
+        assert idx.dtype == torch.int64 and idx.shape == (n,), name
+        clear = check_guarantee(z, e, idx, ref)
+        # random gaussian codes are far apart next to fp32 rounding: the promise
+        # must cover (almost) every row, or the test would say little
+        assert clear >= n - 1, (name, clear, n)
+
+
+def well_separated(n, k, d, seed, scale=1.0, offset=0.0, device="cpu"):
+    """Codes spread out, z a small perturbation of a known code: the answer is `target`."""
+    g = torch.Generator().manual_seed(seed)
+    e = torch.randn(k, d, generator=g) * 3.0
+    target = torch.randint(0, k, (n,), generator=g)
+    z = e[target] + 0.01 * torch.randn(n, d, generator=g)
+    return (z * scale + offset).to(device), (e * scale + offset).to(device), target.to(device)
+
+
+@pytest.mark.parametrize("n,k,d", [(40, 37, 9), (5, 1, 3), (64, 100, 48), (19, 65, 1)])
+@pytest.mark.parametrize("scale,offset", [(1.0, 0.0), (1e4, 0.0), (1.0, 30.0)])
+def test_every_backend_finds_the_known_code(kernel_device, n, k, d, scale, offset):
+    z, e, target = well_separated(n, k, d, seed=k + d, scale=scale, offset=offset, device=kernel_device)
+    if d == 1:  # 1-d codes may coincide up to noise; fix them on a grid
+        e = (torch.arange(k, dtype=torch.float32)[:, None] * scale + offset).to(kernel_device)
+        z = e[target] + 0.01 * scale
+    for name, fn in backends(kernel_device):
+        assert torch.equal(fn(z, e), target), name
+
+
+@pytest.mark.parametrize("k", [70, 300])
+def test_duplicated_codes_tie_to_the_lowest_index(kernel_device, k):
+    g = torch.Generator().manual_seed(3)
+    distinct = torch.randn(5, 12, generator=g) * 4.0
+    # k codes (several triton tiles of 32 in the interpreter; with 300 several
+    # argmax blocks of the torch backend): copies of 5 distinct codes at shuffled positions
+    owner = torch.arange(k) % 5
+    owner = owner[torch.randperm(k, generator=g)]
+    codebook = distinct[owner]
+    which = torch.randint(0, 5, (45,), generator=g)
+    z = distinct[which] + 0.05 * torch.randn(45, 12, generator=g)
+    z[:5] = distinct[which[:5]]  # some rows sit exactly on a code: distance 0 ties
+    first = torch.tensor([int((owner == c).nonzero()[0]) for c in range(5)])
+    expected = first[which]
+    for name, fn in backends(kernel_device):
+        assert torch.equal(fn(z.to(kernel_device), codebook.to(kernel_device)).cpu(), expected), name
+
+
+def test_codes_that_only_look_alike_are_not_merged(kernel_device):
+    # rows that are permutations of each other share the integer checksum the
+    # duplicate detection starts from, yet they are different codes
+    base = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0], [2.0, 3.0, 1.0], [1.0, 3.0, 2.0]]) * 5
+    codebook = torch.cat([base, base[:1]]).to(kernel_device)  # and one true duplicate of code 0
+    z = torch.cat([base, base]).to(kernel_device) + 0.01
+    expected = torch.tensor([0, 1, 2, 3, 0, 1, 2, 3])
+    for name, fn in backends(kernel_device):
+        assert torch.equal(fn(z, codebook).cpu(), expected), name
+
+
+def test_a_codebook_of_one_repeated_code_always_answers_zero(kernel_device):
+    codebook = torch.randn(1, 6).repeat(40, 1).to(kernel_device)
+    z = torch.randn(9, 6).to(kernel_device) * 100
+    for name, fn in backends(kernel_device):
+        assert torch.equal(fn(z, codebook).cpu(), torch.zeros(9, dtype=torch.int64)), name
+
+
+def test_large_magnitudes_keep_the_promise(kernel_device):
+    g = torch.Generator().manual_seed(11)
+    z = (torch.randn(30, 20, generator=g) * 1e3 + 5e3).to(kernel_device)  # far from every code
+    e = (torch.randn(90, 20, generator=g) * 1e3).to(kernel_device)
+    ref = vq_lookup(z, e, backend="full")
+    for name, fn in backends(kernel_device):
+        check_guarantee(z, e, fn(z, e), ref)
+
+
+def test_non_contiguous_inputs_give_the_contiguous_answer(kernel_device):
+    g = torch.Generator().manual_seed(5)
+    z_wide = torch.randn(23, 2 * 11, generator=g).to(kernel_device)
+    z = z_wide[:, ::2]  # [23,11], column stride 2
+    e = torch.randn(11, 41, generator=g).to(kernel_device).t()  # [41,11], transposed
+    assert not z.is_contiguous() and not e.is_contiguous()
+    for name, fn in backends(kernel_device):
+        assert torch.equal(fn(z, e), fn(z.contiguous(), e.contiguous())), name
+    check_guarantee(z, e, vq_lookup(z, e, backend="triton"), vq_lookup(z, e, backend="full"))
+
+
+def test_distances_are_the_squared_distance_to_the_chosen_code(kernel_device):
+    g = torch.Generator().manual_seed(8)
+    z = torch.randn(25, 10, generator=g).to(kernel_device)
+    e = torch.randn(60, 10, generator=g).to(kernel_device)
+    exact = exact_distances(z, e)
+    bound = distance_error_bound(z.cpu(), e.cpu())
+    for backend in ("full", "torch", "triton"):
+        idx, dist = vq_lookup(z, e, backend=backend, return_distances=True)
+        assert dist.dtype == torch.float32 and dist.shape == (25,)
+        chosen = exact.gather(1, idx.cpu()[:, None]).squeeze(1)
+        assert ((dist.cpu().double() - chosen).abs() <= bound).all(), backend
+        assert (dist >= 0).all()
+
+
+def test_half_precision_inputs_stay_within_the_fast_mode_tolerance(kernel_device):
+    g = torch.Generator().manual_seed(9)
+    z = torch.randn(40, 24, generator=g)
+    e = torch.randn(70, 24, generator=g)
+    ref = vq_lookup(z, e, backend="full")
+    idx = vq_lookup(z.half().to(kernel_device), e.half().to(kernel_device), backend="triton")
+    assert idx.shape == ref.shape
+    # the promise for fast modes is about distances only (indices may differ on near ties)
+    exact = exact_distances(z, e)
+    chosen = exact.gather(1, idx.cpu()[:, None]).squeeze(1)
+    assert (chosen - exact.min(1).values <= 2 * distance_error_bound(z, e, "float16")).all()
+
+
+def test_auto_uses_torch_on_cpu_and_never_the_kernel(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("auto must not pick triton for CPU tensors")
+
+    monkeypatch.setattr(vq_mod, "_lookup_triton", refuse)
+    z, e = torch.randn(8, 4), torch.randn(16, 4)
+    assert torch.equal(vq_lookup(z, e), vq_lookup(z, e, backend="full"))
+
+
+def test_empty_input_gives_empty_output():
+    idx, dist = vq_lookup(torch.randn(0, 4), torch.randn(3, 4), return_distances=True)
+    assert idx.shape == (0,) and idx.dtype == torch.int64 and dist.shape == (0,)
+
+
+@pytest.mark.parametrize("z,e,kwargs,msg", [
+    (torch.randn(3, 4), torch.randn(5, 3), {}, "D=4"),
+    (torch.randn(3, 4), torch.randn(0, 4), {}, "empty"),
+    (torch.randn(3), torch.randn(5, 3), {}, "expected z"),
+    (torch.randn(3, 4), torch.randn(5, 4), {"backend": "cuda"}, "unknown backend"),
+    (torch.randn(3, 4), torch.randn(5, 4), {"chunk_size": 0}, "chunk_size"),
+    (torch.ones(3, 4, dtype=torch.int64), torch.randn(5, 4), {}, "floating point"),
+])
+def test_user_mistakes_raise_one_clear_value_error(z, e, kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        vq_lookup(z, e, **kwargs)
+
+
+def test_triton_on_cpu_without_the_interpreter_says_how_to_fix_it(monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    with pytest.raises(ValueError, match="TRITON_INTERPRET=1"):
+        vq_lookup(torch.randn(3, 4), torch.randn(5, 4), backend="triton")
+
+
+# ---------------------------------------------------------------------------
+# CUDA only: larger shapes, auto = triton, and the fast modes
+# ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n,k,d", [(4096, 1024, 64), (1000, 16384, 256), (777, 333, 100)])
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_cuda_exact_mode_keeps_the_promise(n, k, d):
+    g = torch.Generator().manual_seed(n + k + d)
+    z = torch.randn(n, d, generator=g).cuda()
+    e = torch.randn(k, d, generator=g).cuda()
+    ref = vq_lookup(z, e, backend="full")
+    assert torch.equal(vq_lookup(z, e), vq_lookup(z, e, backend="triton"))  # auto = triton on CUDA
+    for backend in ("torch", "triton"):
+        check_guarantee(z, e, vq_lookup(z, e, backend=backend), ref)
+    zs, es, target = well_separated(n, k, d, seed=1, device="cuda")
+    assert torch.equal(vq_lookup(zs, es, backend="triton"), target)
+
+
+@pytest.mark.parametrize("mode", ["tf32", "bfloat16", "float16"])
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_cuda_fast_modes_stay_within_the_stated_tolerance(mode):
+    g = torch.Generator().manual_seed(2)
+    z = torch.randn(2048, 128, generator=g).cuda()
+    e = torch.randn(4096, 128, generator=g).cuda()
+    exact = exact_distances(z, e)
+    if mode == "tf32":
+        torch.backends.cuda.matmul.allow_tf32 = True  # restored by the exact_fp32 fixture
+        runs = {b: vq_lookup(z, e, backend=b) for b in ("full", "torch", "triton")}
+    else:
+        dt = getattr(torch, mode)
+        runs = {"triton": vq_lookup(z.to(dt), e.to(dt), backend="triton")}
+    bound = 2 * distance_error_bound(z.cpu(), e.cpu(), mode)
+    for name, idx in runs.items():
+        chosen = exact.gather(1, idx.cpu()[:, None]).squeeze(1)
+        assert (chosen - exact.min(1).values <= bound).all(), (mode, name)
