@@ -187,9 +187,11 @@ def info() -> None:
 
 def main() -> None:
     ensure_allocator_env()
+    from bench.cli_convert import convert
     from bench.cli_data import data
 
     cli.add_command(data)
+    cli.add_command(convert)
     cli(prog_name="bench")
 
 

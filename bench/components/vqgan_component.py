@@ -1,0 +1,67 @@
+"""The `vqgan` component kind: a VQGAN tokenizer loaded from a checkpoint folder or trained on images only."""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from bench.api import BuildContext, ComponentSpec, UserError
+from bench.registry import COMPONENTS
+
+
+@dataclass(frozen=True)
+class VQGANTrainArgs:
+    preset: str = field(default="tiny", metadata={"choices": ("tiny", "small", "paper"), "help": "reference preset"})
+    steps: int | None = field(default=None, metadata={"min": 1, "help": "training steps (default: the preset's)"})
+    batch_size: int | None = field(default=None, metadata={"min": 1})
+    lr: float | None = field(default=None, metadata={"min": 0.0})
+    seed: int = field(default=0, metadata={"min": 0})
+
+
+def _load(path: str, device: str):
+    """Our checkpoint folder, a converted one, or a public file (HFAiLab / taming), told apart by its keys."""
+    from reference.loaders import load_pretrained
+    from reference.vqgan import VQGAN
+
+    try:
+        model = load_pretrained("auto", path, device)
+    except (FileNotFoundError, ValueError) as err:
+        raise UserError(f"vqgan: cannot load {path}: {err}") from None
+    if not isinstance(model, VQGAN):
+        raise UserError(f"vqgan: {path} holds a {type(model).__name__}, not a VQGAN")
+    return model
+
+
+@COMPONENTS.register("vqgan", "VQGAN tokenizer: a checkpoint folder (path:) or trained on the dataset's "
+                              "train images, never captions (train:)", args=VQGANTrainArgs)
+def build_vqgan(spec: ComponentSpec, ctx: BuildContext):
+    from reference.checkpoint import save_vqgan
+    from reference.configs import get_preset
+    from reference.train import train_vqgan
+
+    if spec.path is not None:
+        return _load(spec.path, ctx.device)
+    args: VQGANTrainArgs = spec.train
+    cfg = get_preset(args.preset).vqgan
+    if cfg.resolution != ctx.dataset.resolution:
+        raise UserError(f"components.{spec.name}: the {args.preset} VQGAN preset wants {cfg.resolution}px images but "
+                        f"the dataset renders {ctx.dataset.resolution}px; set dataset.resolution: {cfg.resolution}")
+
+    def train():
+        print(f"[{spec.name}] training VQGAN ({args.preset}) on {len(ctx.dataset.train_images())} images", flush=True)
+        model, stats = train_vqgan(ctx.dataset.train_images(), cfg, steps=args.steps, seed=args.seed,
+                                   batch_size=args.batch_size, lr=args.lr, device=ctx.device)
+        model.training_stats = {k: v for k, v in stats.items() if k != "history"}
+        return model
+
+    def save(model, directory):
+        save_vqgan(directory, model, meta={"training": getattr(model, "training_stats", {})})
+
+    def load(directory):
+        from reference.checkpoint import read_config
+
+        model = _load(directory, ctx.device)
+        model.training_stats = read_config(directory)[2].get("training", {})
+        return model
+
+    key = {"train": dataclasses.asdict(args), "dataset": ctx.dataset.identity()}
+    return ctx.cached("vqgan", key, train, save, load)

@@ -1,0 +1,223 @@
+"""CLIP-GEN and the systems built from its parts.
+
+  clipgen         language-free: the GPT learns p(tokens | CLIP image embedding) from images only;
+                  at inference the CLIP text embedding of the caption takes the image embedding's place
+  clipgen-text    the same GPT and budget conditioned on CLIP text embeddings of paired captions
+                  (the text-supervised upper bound; uses_captions: true)
+  random-caption  another system conditioned on a different caption (how much the text matters)
+  vqgan-recon     real images through the VQGAN (the ceiling of any generator on this tokenizer)
+  retrieval       the train image whose CLIP image embedding is nearest the caption's text embedding
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from bench.api import BuildContext, UserError
+from bench.registry import SYSTEMS
+
+
+@dataclass(frozen=True)
+class GPTTrainArgs:
+    preset: str = field(default="tiny", metadata={"choices": ("tiny", "small", "paper"), "help": "reference preset"})
+    steps: int | None = field(default=None, metadata={"min": 1, "help": "training steps (default: the preset's)"})
+    batch_size: int | None = field(default=None, metadata={"min": 1})
+    lr: float | None = field(default=None, metadata={"min": 0.0})
+    seed: int = field(default=0, metadata={"min": 0})
+    noise: float = field(default=0.0, metadata={"min": 0.0, "help": "LAFITE-style embedding noise scale"})
+    clip_loss_weight: float = field(default=0.0, metadata={"min": 0.0, "help": "the paper's CLIP-reconstruction loss"})
+
+
+@dataclass(frozen=True)
+class ClipGenArgs:
+    clip: str = field(default="clip", metadata={"component": "clip", "help": "the conditioning CLIP"})
+    vqgan: str = field(default="vqgan", metadata={"component": "vqgan", "help": "the tokenizer"})
+    train: GPTTrainArgs = field(default_factory=GPTTrainArgs)
+    path: str | None = field(default=None, metadata={"help": "a GPT checkpoint folder instead of training"})
+    top_k: int | None = field(default=50, metadata={"min": 1})
+    top_p: float | None = field(default=None, metadata={"min": 0.0, "max": 1.0})
+    temperature: float = field(default=1.0, metadata={"min": 1e-6})
+    candidates: int = field(default=1, metadata={"min": 1, "help": "samples per caption, best kept by rerank_clip"})
+    rerank_clip: str | None = field(default=None, metadata={"component": "clip",
+                                                           "help": "the CLIP that re-ranks (default: clip)"})
+    rerank_input: str = field(default="clip", metadata={"choices": ("clip", "demo"),
+                                                        "help": "clip: proper preprocessing; demo: the public "
+                                                                "demo's unnormalised [-1,1] input"})
+
+
+class ClipGen:
+    """Captions -> CLIP text embeddings -> GPT tokens -> VQGAN decoder -> uint8 images."""
+
+    def __init__(self, gpt, vqgan, clip, args: ClipGenArgs, rerank_clip, uses_captions: bool, training: dict):
+        self.gpt, self.vqgan, self.clip, self.args = gpt, vqgan, clip, args
+        self.rerank = rerank_clip
+        self.uses_captions = uses_captions
+        self.conditioning_clip_name = args.clip
+        self.tokens_per_image = vqgan.grid * vqgan.grid * args.candidates
+        self.training = training
+
+    def provenance(self) -> dict:
+        return {"training": self.training, "candidates": self.args.candidates,
+                "rerank_clip": (self.args.rerank_clip or self.args.clip) if self.args.candidates > 1 else None}
+
+    @torch.no_grad()
+    def generate(self, captions: list[str], caption_ids: list[int], seeds: list[int]) -> Tensor:
+        from reference.sample import generate
+
+        cond = self.clip.encode_text(captions)  # [B,D] unit norm
+        a = self.args
+        return generate(self.gpt, self.vqgan, cond, seeds, top_k=a.top_k, top_p=a.top_p, temperature=a.temperature,
+                        candidates=a.candidates, rerank_clip=self.rerank if a.candidates > 1 else None,
+                        captions=captions, rerank_input=a.rerank_input, batch_size=max(64, len(captions)))
+
+
+def _build_clipgen(args: ClipGenArgs, ctx: BuildContext, condition: str) -> ClipGen:
+    from reference.checkpoint import load_gpt, read_config, save_gpt
+    from reference.configs import get_preset
+    from reference.train import train_clipgen
+
+    clip, vqgan = ctx.component(args.clip), ctx.component(args.vqgan)
+    rerank = ctx.component(args.rerank_clip) if args.rerank_clip else clip
+    if args.path is not None:
+        from reference.gpt import GPT
+        from reference.loaders import load_pretrained
+
+        try:
+            gpt = load_pretrained("auto", args.path, ctx.device)
+        except (FileNotFoundError, ValueError) as err:
+            raise UserError(f"clipgen: cannot load GPT from {args.path}: {err}") from None
+        if not isinstance(gpt, GPT):
+            raise UserError(f"clipgen: {args.path} holds a {type(gpt).__name__}, not a GPT")
+        return ClipGen(gpt, vqgan, clip, args, rerank, condition == "text", {"loaded_from": args.path})
+    t = args.train
+    cfg = get_preset(t.preset).gpt
+    if cfg.cond_dim != clip.embed_dim:
+        cfg = dataclasses.replace(cfg, cond_dim=clip.embed_dim)
+    if cfg.vocab_size != vqgan.cfg.codebook_size or cfg.grid != vqgan.grid:
+        raise UserError(f"clipgen: the {t.preset} GPT preset (grid {cfg.grid}, {cfg.vocab_size} codes) does not fit "
+                        f"VQGAN {args.vqgan!r} (grid {vqgan.grid}, {vqgan.cfg.codebook_size} codes); use one preset")
+
+    def train():
+        start = time.perf_counter()
+        data = ctx.dataset  # only train_images() is read for condition="image"
+        gpt, stats = train_clipgen(data, clip, vqgan, cfg, steps=t.steps, seed=t.seed, noise=t.noise,
+                                   condition=condition, batch_size=t.batch_size, lr=t.lr, device=ctx.device,
+                                   clip_loss_weight=t.clip_loss_weight)
+        gpt.training_stats = {"steps": stats["steps"], "seconds": round(time.perf_counter() - start, 1),
+                              "final_loss": stats["final_loss"], "condition": condition}
+        return gpt
+
+    def save(gpt, directory):
+        save_gpt(directory, gpt, meta={"training": gpt.training_stats})
+
+    def load(directory):
+        gpt = load_gpt(directory, map_location=ctx.device)
+        gpt.training_stats = read_config(directory)[2].get("training", {})
+        return gpt
+
+    key = {"train": dataclasses.asdict(t), "condition": condition, "clip": ctx.key_of(args.clip),
+           "vqgan": ctx.key_of(args.vqgan), "dataset": ctx.dataset.identity(), "cond_dim": cfg.cond_dim}
+    gpt = ctx.cached("clipgen-gpt", key, train, save, load)
+    return ClipGen(gpt, vqgan, clip, args, rerank, condition == "text", getattr(gpt, "training_stats", {}))
+
+
+@SYSTEMS.register("clipgen", "CLIP-GEN, language-free: GPT on CLIP image embeddings, CLIP text embedding at "
+                             "inference", args=ClipGenArgs)
+def build_clipgen(args: ClipGenArgs, ctx: BuildContext) -> ClipGen:
+    return _build_clipgen(args, ctx, "image")
+
+
+@SYSTEMS.register("clipgen-text", "the same GPT trained on CLIP text embeddings of paired captions "
+                                  "(text-supervised upper bound)", args=ClipGenArgs)
+def build_clipgen_text(args: ClipGenArgs, ctx: BuildContext) -> ClipGen:
+    return _build_clipgen(args, ctx, "text")
+
+
+# ---- systems built around another system or a component -------------------------------------------
+@dataclass(frozen=True)
+class RandomCaptionArgs:
+    of: str = field(default="clipgen", metadata={"system": True, "help": "alias of the system to mislead"})
+
+
+class RandomCaption:
+    """Asks another system for a different caption's image: metrics then compare it with the right caption."""
+
+    def __init__(self, inner, items):
+        self.inner = inner
+        self.uses_captions = bool(getattr(inner, "uses_captions", False))
+        self.tokens_per_image = getattr(inner, "tokens_per_image", 0)
+        self.captions = [it.caption for it in items]
+        self.by_id = {it.caption_id: it.caption for it in items}
+
+    def other_caption(self, caption_id: int, seed: int) -> str:
+        gen = torch.Generator().manual_seed(seed)
+        own = self.by_id.get(caption_id)
+        for _ in range(64):
+            pick = self.captions[int(torch.randint(len(self.captions), (1,), generator=gen))]
+            if pick != own:
+                return pick
+        return pick
+
+    def generate(self, captions: list[str], caption_ids: list[int], seeds: list[int]) -> Tensor:
+        others = [self.other_caption(cid, s) for cid, s in zip(caption_ids, seeds)]
+        return self.inner.generate(others, caption_ids, seeds)
+
+
+@SYSTEMS.register("random-caption", "another system conditioned on a different caption (how much the text "
+                                    "matters)", args=RandomCaptionArgs)
+def build_random_caption(args: RandomCaptionArgs, ctx) -> RandomCaption:
+    return RandomCaption(ctx.system(args.of), ctx.dataset.eval_captions())
+
+
+@dataclass(frozen=True)
+class VQGANReconArgs:
+    vqgan: str = field(default="vqgan", metadata={"component": "vqgan"})
+
+
+class VQGANRecon:
+    uses_captions = False
+
+    def __init__(self, vqgan, dataset):
+        self.vqgan, self.dataset = vqgan, dataset
+        self.items = {it.caption_id: it for it in dataset.eval_captions()}
+
+    @torch.no_grad()
+    def generate(self, captions: list[str], caption_ids: list[int], seeds: list[int]) -> Tensor:
+        real = self.dataset.real_images([self.items[i] for i in caption_ids], seeds)
+        return self.vqgan.reconstruct(real)
+
+
+@SYSTEMS.register("vqgan-recon", "real images through the VQGAN (the tokenizer's ceiling)", args=VQGANReconArgs)
+def build_vqgan_recon(args: VQGANReconArgs, ctx) -> VQGANRecon:
+    return VQGANRecon(ctx.component(args.vqgan), ctx.dataset)
+
+
+@dataclass(frozen=True)
+class RetrievalArgs:
+    clip: str = field(default="clip", metadata={"component": "clip", "help": "the CLIP that matches text to images"})
+
+
+class Retrieval:
+    """The train-split image nearest the caption in CLIP space: realism with no generation at all."""
+
+    uses_captions = False
+
+    def __init__(self, clip, pool: Tensor):
+        self.clip, self.pool = clip, pool
+        self.pool_emb = torch.cat([clip.encode_image(pool[i:i + 1024]) for i in range(0, len(pool), 1024)])  # [N,D]
+
+    @torch.no_grad()
+    def generate(self, captions: list[str], caption_ids: list[int], seeds: list[int]) -> Tensor:
+        text = self.clip.encode_text(captions)  # [B,D]
+        best = (text @ self.pool_emb.T).argmax(dim=1)  # [B]
+        return self.pool[best]
+
+
+@SYSTEMS.register("retrieval", "the train image whose CLIP image embedding best matches the caption",
+                  args=RetrievalArgs)
+def build_retrieval(args: RetrievalArgs, ctx) -> Retrieval:
+    return Retrieval(ctx.component(args.clip), ctx.dataset.train_images())
