@@ -65,7 +65,12 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet) -> None:
         _fail(str(err))
     df = results.frame()
     click.echo(f"\n{suite.suite} v{suite.version} ({len(df)} rows) -> {runner.out}/results.csv\n")
-    click.echo(markdown(df, load_per_caption(runner.out)))
+    per_caption = load_per_caption(runner.out)
+    click.echo(markdown(df, per_caption, headline=True))
+    from bench.cache import atomic_write_text
+
+    atomic_write_text(runner.out / "results.md", markdown(df, per_caption) + "\n")
+    click.echo(f"\nall columns: {runner.out / 'results.md'}")
     from bench.registry import DATASETS
 
     dataset = DATASETS.get(suite.dataset.name).factory(suite.dataset.args)

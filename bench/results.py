@@ -79,6 +79,18 @@ def measured_row(suite, system_spec, system, metric_spec, value, seed: int, devi
     }
 
 
+def component_row(suite, component: str, metric: str, variant: str, value: float, n: int, device: str) -> dict:
+    """A diagnostic of a component (not of a system), e.g. a CLIP's modality gap."""
+    spec = suite.components[component]
+    return {
+        "suite": suite.suite, "suite_version": suite.version, "system": f"[{component}]",
+        "system_name": f"component:{spec.kind}", "uses_captions": False, "metric": metric, "variant": variant,
+        "value": float(value), "n": int(n), "seed": -1, "source": "measured", "citation": "",
+        "args_hash": args_hash(spec.kind, spec.path, _args_dict(spec.train)), "git_sha": git_sha(),
+        "versions": versions(), "device": device, "timestamp": _now(), "extra": "{}",
+    }
+
+
 class Results:
     def __init__(self, suite, device: str):
         self.suite = suite
@@ -201,13 +213,35 @@ def pivot(df: pd.DataFrame, per_caption: dict | None = None, latex: bool = False
     return table.fillna("")
 
 
-def markdown(df: pd.DataFrame, per_caption: dict | None = None) -> str:
-    table = pivot(df, per_caption)
+def is_headline(column: str) -> bool:
+    """The columns printed after a run (results.md keeps them all): one number per question."""
+    metric, _, variant = column.partition("/")
+    if metric in ("attribute-accuracy", "class-accuracy"):
+        return variant.endswith("/all") and not variant.startswith("all/")
+    if metric in ("caps", "caploss"):
+        return metric == "caps" and variant in ("", "all")
+    if metric == "throughput":
+        return variant == "images/s"
+    return True
+
+
+def _is_component(df: pd.DataFrame) -> pd.Series:
+    return df["system_name"].astype(str).str.startswith("component:")
+
+
+def markdown(df: pd.DataFrame, per_caption: dict | None = None, headline: bool = False) -> str:
+    """The systems table, then the components' diagnostics (e.g. each CLIP's modality gap)."""
+    table = pivot(df[~_is_component(df)], per_caption)
+    if headline and not table.empty:
+        table = table[[c for c in table.columns if is_headline(c)]]
     if table.empty:
         return "(no results)"
-    notes = ["mean ± std over seeds [95% bootstrap interval over captions]; † n below the feature dimension "
-             "(FD is biased there)."]
-    return table.to_markdown() + "\n\n" + " ".join(notes)
+    out = table.to_markdown() + ("\n\nmean ± std over seeds [95% bootstrap interval over captions]; "
+                                 "† n below the feature dimension (FD is biased there).")
+    components = pivot(df[_is_component(df)])
+    if not components.empty:
+        out += "\n\ncomponents:\n\n" + components.to_markdown()
+    return out
 
 
 def latex(df: pd.DataFrame, per_caption: dict | None = None) -> str:
