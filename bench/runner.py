@@ -90,6 +90,21 @@ def _peak_memory(device: str) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def per_caption_columns(values: dict[str, float], split: str, columns: set[str]) -> dict[str, float]:
+    """Name a caption's values by the table columns they average into.
+
+    A metric leaves one value per caption under its name (e.g. "attribute-accuracy"); the table has
+    columns per split ("attribute-accuracy/seen/all", "caps/held-out", "caps/all"). A caption's value
+    belongs to its own split's column and to the all-captions column, where those exist.
+    """
+    out = {}
+    for key, v in values.items():
+        for column in (key, f"{key}/{split}", f"{key}/{split}/all", f"{key}/all", f"{key}/all/all"):
+            if column in columns:
+                out[column] = v
+    return out
+
+
 class Runner:
     def __init__(self, suite: Suite, out_dir: str | Path | None = None, device: str = "cpu", limit: int | None = None,
                  fresh: bool = False, progress: bool = True, cache: str | Path | None = None):
@@ -201,6 +216,12 @@ class Runner:
         metrics = [(m, METRICS.get(m.name).factory(m.args)) for m in self.suite.metrics]
         if not metrics:
             return []
+        ctx = RunContext(suite=self.suite.suite, dataset=dataset, device=self.device, cache_dir=self.cache,
+                         system_alias=spec.alias, system=system, timings=self.timings(spec.alias, seed),
+                         component=builder.component)
+        for _, metric in metrics:
+            if hasattr(metric, "start"):  # optional: metrics that need components stream instead of buffering
+                metric.start(ctx)
         bar = tqdm(total=len(items), desc=f"metrics {spec.alias} seed {seed}", unit="img", disable=not self.progress,
                    leave=False)
         for batch in self.load_samples(spec.alias, seed, items, max(self.suite.generation.batch_size, 64)):
@@ -208,17 +229,18 @@ class Runner:
                 metric.update(batch)
             bar.update(len(batch.images))
         bar.close()
-        ctx = RunContext(suite=self.suite.suite, dataset=dataset, device=self.device, cache_dir=self.cache,
-                         system_alias=spec.alias, system=system, timings=self.timings(spec.alias, seed),
-                         component=builder.component)
         rows = []
         for mspec, metric in metrics:
             for value in metric.compute(ctx):
                 rows.append(measured_row(self.suite, spec, system, mspec, value, seed, self.device))
-        per_caption = self.out / "per_caption" / spec.alias / f"seed{seed}.json"
         if ctx.per_caption:
+            per_caption = self.out / "per_caption" / spec.alias / f"seed{seed}.json"
             per_caption.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(per_caption, json.dumps({str(k): v for k, v in ctx.per_caption.items()}).encode())
+            columns = {f"{r['metric']}/{r['variant']}" if r["variant"] else r["metric"] for r in rows}
+            split = {it.caption_id: it.info.get("split", "") for it in items}
+            expanded = {str(cid): per_caption_columns(values, split.get(cid, ""), columns)
+                        for cid, values in ctx.per_caption.items()}
+            atomic_write_bytes(per_caption, json.dumps(expanded).encode())
         return rows
 
     # ---- diagnostics of the suite's CLIPs -----------------------------------------------------

@@ -1,0 +1,197 @@
+"""Shared machinery for feature-based metrics (FD, KID): statistics, the Fréchet distance,
+the cached reference statistics, and a streaming base class.
+
+Statistics are float64. The trace of the matrix square root uses eigenvalues:
+tr sqrt(S1 S2) = sum_i sqrt(lambda_i(L^T S2 L)) with S1 = L L^T (Cholesky; or R = S1^(1/2) when
+S1 is singular): the products share their eigenvalues, and L^T S2 L is symmetric positive
+semi-definite, so `eigvalsh` applies.
+`trace_sqrt_product_sqrtm` is the plain twin through scipy's sqrtm, kept for tests and
+the benchmark.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bench.api import RunContext, SampleBatch
+from bench.features import build_extractor, gaussian_blur
+
+STATS_FORMAT = 1  # bump when the stored layout or the computation behind it changes
+
+
+# ---- statistics ----------------------------------------------------------------------------
+@dataclass
+class FeatureStats:
+    features: np.ndarray  # [N,D] as extracted (kept for KID)
+    mu: np.ndarray  # [D] float64
+    sigma: np.ndarray  # [D,D] float64, ddof=1
+
+    @property
+    def n(self) -> int:
+        return int(self.features.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+
+def feature_stats(features: np.ndarray | Tensor) -> FeatureStats:
+    feats = np.asarray(features.numpy() if isinstance(features, Tensor) else features)
+    f64 = feats.astype(np.float64)
+    if f64.ndim != 2 or f64.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors [N,D], got shape {f64.shape}")
+    return FeatureStats(feats, f64.mean(axis=0), np.cov(f64, rowvar=False))
+
+
+def _psd_sqrt(s: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh(s)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def trace_sqrt_product(s1: np.ndarray, s2: np.ndarray) -> float:
+    """tr sqrt(s1 @ s2) for symmetric PSD s1, s2, by eigenvalues (float64).
+
+    With a Cholesky factor s1 = L L^T (or of s2: s1 s2 and s2 s1 share eigenvalues), the eigenvalues
+    of s1 s2 are those of the symmetric L^T s2 L: one Cholesky and one `eigvalsh`, no eigenvectors.
+    When neither is positive definite (n <= d), R = s1^(1/2) from `eigh` takes L's place.
+    """
+    a, b = np.asarray(s1, dtype=np.float64), np.asarray(s2, dtype=np.float64)
+    for x, y in ((a, b), (b, a)):
+        try:
+            low = np.linalg.cholesky(x)
+        except np.linalg.LinAlgError:
+            continue
+        m = low.T @ y @ low
+        break
+    else:
+        r = _psd_sqrt(a)
+        m = r @ b @ r
+    m = (m + m.T) / 2  # symmetric up to rounding; make it exactly so for eigvalsh
+    return float(np.sqrt(np.clip(np.linalg.eigvalsh(m), 0.0, None)).sum())
+
+
+def trace_sqrt_product_sqrtm(s1: np.ndarray, s2: np.ndarray) -> float:
+    """The plain twin: scipy.linalg.sqrtm of the product (slow at 2048-d)."""
+    from scipy import linalg
+
+    root = linalg.sqrtm(np.asarray(s1, dtype=np.float64) @ np.asarray(s2, dtype=np.float64))
+    return float(np.real(np.trace(root)))
+
+
+def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
+    """||mu1 - mu2||^2 + tr(s1) + tr(s2) - 2 tr sqrt(s1 s2), in float64."""
+    diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
+    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
+    return max(value, 0.0) if value > -1e-9 * (np.trace(s1) + np.trace(s2) + 1.0) else value
+
+
+# ---- cached reference statistics ---------------------------------------------------------------
+def _key_sha(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: int) -> tuple[FeatureStats, bool]:
+    """Features and statistics of the reference images, from `<cache_dir>/stats/<sha>.npz` when there.
+
+    The key names the reference set (ctx.reference_key()), the extractor (weights and resize policy)
+    and the blur radius; the count is part of the reference key. Returns (stats, was_cached).
+    """
+    key = {"format": STATS_FORMAT, "reference": ctx.reference_key(), "extractor": extractor.identity(),
+           "blur": blur}
+    path = Path(ctx.cache_dir) / "stats" / f"{_key_sha(key)}.npz"
+    if path.is_file():
+        with np.load(path, allow_pickle=False) as z:
+            if json.loads(str(z["key"])) == json.loads(json.dumps(key, sort_keys=True, default=str)):
+                return FeatureStats(z["features"], z["mu"], z["sigma"]), True
+    chunks = []
+    for images in ctx.iter_reference_images(batch_size):
+        chunks.append(extract(extractor, images, blur, batch_size))
+    if not chunks:
+        raise ValueError("the reference set is empty")
+    stats = feature_stats(torch.cat(chunks))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, features=stats.features, mu=stats.mu, sigma=stats.sigma,
+                     key=np.array(json.dumps(key, sort_keys=True, default=str)))
+        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return stats, False
+
+
+def extract(extractor: Any, images: Tensor, blur: float, batch_size: int) -> Tensor:
+    """Blur at the images' own resolution, then the extractor (which resizes): float [B,D]."""
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        out.append(extractor(gaussian_blur(images[start:start + batch_size], blur)))
+    return torch.cat(out)
+
+
+# ---- streaming ---------------------------------------------------------------------------------
+class StreamingMetric:
+    """`update` buffers batches until `start(ctx)`; once started, batches are consumed on arrival.
+
+    Metrics that need components (an evaluator CLIP, a judge) cannot process a batch without the
+    run context. A runner that calls `start(ctx)` before the first `update` gets streaming
+    (bounded memory); one that does not gets the same numbers from the buffered batches at `compute`.
+    """
+
+    def __init__(self) -> None:
+        self._ctx: RunContext | None = None
+        self._pending: list[SampleBatch] = []
+
+    def start(self, ctx: RunContext) -> None:
+        self._ctx = ctx
+        self._setup(ctx)
+        pending, self._pending = self._pending, []
+        for batch in pending:
+            self._consume(batch)
+
+    def update(self, batch: SampleBatch) -> None:
+        if self._ctx is None:
+            self._pending.append(batch)
+        else:
+            self._consume(batch)
+
+    def compute(self, ctx: RunContext):
+        if self._ctx is None:
+            self.start(ctx)
+        return self._finish(ctx)
+
+    # subclasses
+    def _setup(self, ctx: RunContext) -> None: ...
+
+    def _consume(self, batch: SampleBatch) -> None:
+        raise NotImplementedError
+
+    def _finish(self, ctx: RunContext):
+        raise NotImplementedError
+
+
+_EXTRACTORS: dict[tuple, Any] = {}
+
+
+def get_extractor(features: str, ctx: RunContext, *, weights_path: str | None, clip_name: str | None):
+    """One extractor per (features, weights, device, CLIP component) per process."""
+    if features == "clip":
+        clip = ctx.component(clip_name) if clip_name else None
+        key = (features, clip_name, id(clip), ctx.device)
+    else:
+        clip, key = None, (features, weights_path, os.environ.get("BENCH_INCEPTION_WEIGHTS"), ctx.device)
+    if key not in _EXTRACTORS:
+        _EXTRACTORS[key] = build_extractor(features, weights_path=weights_path, clip=clip,
+                                           clip_name=clip_name, device=ctx.device)
+    return _EXTRACTORS[key]

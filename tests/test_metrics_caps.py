@@ -1,0 +1,57 @@
+"""CapLoss / CapS against hand-computed cross-entropies."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from bench.api import SampleBatch
+from bench.components.captioner import token_nll
+from bench.metrics.caps import CapsArgs, build_caps
+from metrics_testing import TensorDataset, make_ctx
+
+
+def test_token_nll_by_hand():
+    # one row, vocabulary of 3, two target positions and one padded position
+    logits = torch.tensor([[[0.0, 0.0, 0.0], [math.log(3.0), 0.0, 0.0], [5.0, -5.0, 0.0]]], dtype=torch.float64)
+    targets = torch.tensor([[2, 0, 1]])
+    mask = torch.tensor([[True, True, False]])
+    expected = (-math.log(1 / 3) - math.log(3 / 5)) / 2  # uniform, then 3/(3+1+1)
+    assert float(token_nll(logits, targets, mask)[0]) == pytest.approx(expected, rel=1e-12)
+
+
+class ToyCaptioner:
+    """Every next caption token gets probability p: 0.5 on bright images, 0.25 on dark ones (5 words)."""
+
+    vocab = 5
+
+    def caption_loss(self, images, captions):
+        rows = []
+        for img, cap in zip(images, captions):
+            n_tokens = len(cap.split()) + 1  # the words, then EOT
+            p = 0.5 if img.float().mean() > 127 else 0.25
+            rest = (1 - p) / (self.vocab - 1)
+            logits = torch.full((1, n_tokens, self.vocab), math.log(rest))
+            logits[..., 0] = math.log(p)
+            rows.append(token_nll(logits, torch.zeros(1, n_tokens, dtype=torch.long),
+                                  torch.ones(1, n_tokens, dtype=torch.bool)))
+        return torch.cat(rows)
+
+
+def test_caps_rows_for_a_fixed_toy_captioner(tmp_path):
+    bright = torch.full((3, 3, 8, 8), 250, dtype=torch.uint8)
+    dark = torch.full((1, 3, 8, 8), 5, dtype=torch.uint8)
+    images = torch.cat([bright, dark])
+    infos = [{"split": "seen"}, {"split": "seen"}, {"split": "held-out"}, {"split": "held-out"}]
+    ctx = make_ctx(TensorDataset(images), tmp_path, components={"cap": ToyCaptioner()})
+    metric = build_caps(CapsArgs(captioner="cap", batch_size=3))
+    metric.update(SampleBatch(images, ["a b", "c", "d e f", "g"], [0, 1, 2, 3], infos))
+    rows = {(r.metric, r.variant): r for r in metric.compute(ctx)}
+    l_bright, l_dark = -math.log(0.5), -math.log(0.25)
+    assert rows[("caploss", "all")].value == pytest.approx((3 * l_bright + l_dark) / 4)
+    assert rows[("caps", "all")].value == pytest.approx((3 * 0.5 + 0.25) / 4)
+    assert rows[("caps", "seen")].value == pytest.approx(0.5) and rows[("caps", "seen")].n == 2
+    assert rows[("caploss", "held-out")].value == pytest.approx((l_bright + l_dark) / 2)
+    assert rows[("caps", "all")].extra["comparable_with_published"] is False
+    assert ctx.per_caption[3]["caps"] == pytest.approx(0.25)
