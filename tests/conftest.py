@@ -3,6 +3,10 @@ import os
 # No network in tests; the tests never need a hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("BENCH_NO_REEXEC", "1")
+# Triton kernels run on a CPU only under the interpreter, and the switch is read when triton first
+# compiles a kernel: set it before any test imports triton (a GPU machine runs them natively).
+if not os.path.exists("/dev/nvidia0"):
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import pytest  # noqa: E402
 
