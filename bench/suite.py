@@ -356,8 +356,24 @@ class _Checker:
                 self.fail(path, f"expected a string, got {_describe(value)}")
             if "choices" in meta and value not in meta["choices"]:
                 self.fail(path, f"got {value!r}; allowed: {', '.join(meta['choices'])}")
+            if meta.get("path"):
+                return self.resolve_path(value, path)
             return value
         self.fail(path, f"unsupported argument type {tp!r} (a bug in the registered args class)")
+
+    def resolve_path(self, value: str, path: tuple) -> str:
+        """Expand ~ and $VARS; a relative path is relative to the suite file that wrote it.
+
+        `NAME@PATH` (an open_clip architecture and its weights file) resolves the PATH part.
+        """
+        import os
+
+        value = os.path.expanduser(os.path.expandvars(value))
+        prefix, sep, rest = value.rpartition("@") if "@" in value else ("", "", value)
+        origin, _ = self.loc.get(path, (self.file, 1))
+        if rest and not os.path.isabs(rest) and not origin.startswith("--set") and ("/" in rest or "." in rest):
+            rest = str((Path(origin).parent / rest).resolve())
+        return prefix + sep + rest
 
     def _bounded(self, value, meta, path):
         if "min" in meta and value < meta["min"]:
@@ -417,7 +433,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if "path" in spec:
             if not isinstance(spec["path"], str) or not spec["path"]:
                 c.fail(p + ("path",), f"expected a file or directory path, got {_describe(spec['path'])}")
-            components[name] = ComponentSpec(name, kind, spec["path"], None)
+            components[name] = ComponentSpec(name, kind, c.resolve_path(spec["path"], p + ("path",)), None)
         else:
             train = c.dataclass_from(COMPONENTS.get(kind).args, spec["train"], p + ("train",), f"{kind} training")
             components[name] = ComponentSpec(name, kind, None, train)

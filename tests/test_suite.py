@@ -104,3 +104,17 @@ def test_committed_suites_validate():
     assert paths
     result = CliRunner().invoke(cli, ["validate", *map(str, paths)])
     assert result.exit_code == 0, result.output
+
+
+def test_relative_paths_are_taken_from_the_suite_folder(tmp_path, monkeypatch):
+    sub = tmp_path / "suites"
+    sub.mkdir()
+    p = _write(sub, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\n"
+                              "components:\n  vqgan: {kind: vqgan, path: ../ckpt/vqgan}\n"
+                              "  clip: {kind: clip, path: 'ViT-B-32@weights/b32.pt'}\n"
+                              "systems: [{name: clipgen, args: {path: ../ckpt/gpt}}]\n")
+    monkeypatch.setenv("CKPT", str(tmp_path / "elsewhere"))
+    s = load_suite(p, ["components.vqgan.path=$CKPT/v"])
+    assert s.components["vqgan"].path == str(tmp_path / "elsewhere" / "v")
+    assert s.components["clip"].path == "ViT-B-32@" + str(sub / "weights" / "b32.pt")
+    assert s.system("clipgen").args.path == str(tmp_path / "ckpt" / "gpt")

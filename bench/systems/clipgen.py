@@ -37,7 +37,7 @@ class ClipGenArgs:
     clip: str = field(default="clip", metadata={"component": "clip", "help": "the conditioning CLIP"})
     vqgan: str = field(default="vqgan", metadata={"component": "vqgan", "help": "the tokenizer"})
     train: GPTTrainArgs = field(default_factory=GPTTrainArgs)
-    path: str | None = field(default=None, metadata={"help": "a GPT checkpoint folder instead of training"})
+    path: str | None = field(default=None, metadata={"path": True, "help": "a GPT checkpoint (folder or public file) instead of training"})
     top_k: int | None = field(default=50, metadata={"min": 1})
     top_p: float | None = field(default=None, metadata={"min": 0.0, "max": 1.0})
     temperature: float = field(default=1.0, metadata={"min": 1e-6})
