@@ -234,14 +234,14 @@ def markdown(df: pd.DataFrame, per_caption: dict | None = None, headline: bool =
     table = pivot(df[~_is_component(df)], per_caption)
     if headline and not table.empty:
         table = table[[c for c in table.columns if is_headline(c)]]
-    if table.empty:
-        return "(no results)"
-    out = table.to_markdown() + ("\n\nmean ± std over seeds [95% bootstrap interval over captions]; "
-                                 "† n below the feature dimension (FD is biased there).")
+    parts = []
+    if not table.empty:
+        parts.append(table.to_markdown() + ("\n\nmean ± std over seeds [95% bootstrap interval over captions]; "
+                                            "† n below the feature dimension (FD is biased there)."))
     components = pivot(df[_is_component(df)])
     if not components.empty:
-        out += "\n\ncomponents:\n\n" + components.to_markdown()
-    return out
+        parts.append("components:\n\n" + components.to_markdown())
+    return "\n\n".join(parts) or "(no results)"
 
 
 def latex(df: pd.DataFrame, per_caption: dict | None = None) -> str:

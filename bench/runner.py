@@ -144,7 +144,7 @@ class Runner:
             for seed in self.suite.generation.seeds:
                 self.generate(spec.alias, system, items, seed)
                 results.extend(self.evaluate(spec, system, builder, dataset, items, seed))
-        results.extend(self.clip_diagnostics(builder, dataset, items))
+        results.extend(self.component_diagnostics(builder, dataset, items))
         results.add_reported()
         results.save(self.out)
         return results
@@ -243,22 +243,26 @@ class Runner:
             atomic_write_bytes(per_caption, json.dumps(expanded).encode())
         return rows
 
-    # ---- diagnostics of the suite's CLIPs -----------------------------------------------------
-    def clip_diagnostics(self, builder: Builder, dataset, items: list[CaptionItem]) -> list[dict]:
-        """The modality gap of every CLIP component, on real images of the eval captions."""
+    # ---- diagnostics of the suite's components -----------------------------------------------
+    def component_diagnostics(self, builder: Builder, dataset, items: list[CaptionItem]) -> list[dict]:
+        """Rows about components rather than systems: every CLIP's modality gap (on real images of the
+        eval captions), and whatever a component reports through `diagnostics()` (e.g. the training probe)."""
         from reference.clip import modality_gap
 
         from bench.results import component_row
 
-        clips = [name for name, spec in self.suite.components.items() if spec.kind == "clip"]
-        if not clips:
-            return []
-        real = dataset.real_images(items, [caption_seed(-1, it.caption_id) for it in items])
-        captions = [it.caption for it in items]
         rows = []
-        for name in clips:
-            gap = modality_gap(builder.component(name), real, captions)
-            for key in ("image_text_cosine", "image_image_cosine", "mean_difference_norm"):
-                rows.append(component_row(self.suite, name, "modality-gap", key.replace("_", "-"), gap[key],
-                                          gap["n"], self.device))
+        real = None
+        for name, spec in self.suite.components.items():
+            component = builder.component(name)
+            if spec.kind == "clip":
+                if real is None:
+                    real = dataset.real_images(items, [caption_seed(-1, it.caption_id) for it in items])
+                gap = modality_gap(component, real, [it.caption for it in items])
+                for key in ("image_text_cosine", "image_image_cosine", "mean_difference_norm"):
+                    rows.append(component_row(self.suite, name, "modality-gap", key.replace("_", "-"), gap[key],
+                                              gap["n"], self.device))
+            for value in getattr(component, "diagnostics", lambda: [])():
+                rows.append(component_row(self.suite, name, value.metric, value.variant, value.value, value.n,
+                                          self.device))
         return rows

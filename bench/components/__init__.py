@@ -1,2 +1,2 @@
 """Component kinds (CLIP, VQGAN, judge, captioner). Importing this package registers them."""
-from bench.components import captioner, clip_component, judge, vqgan_component  # noqa: F401
+from bench.components import captioner, clip_component, judge, probe, vqgan_component  # noqa: F401
