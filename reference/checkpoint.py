@@ -1,0 +1,93 @@
+"""Checkpoints: weights as safetensors, the config as JSON, training state (optimizer, step, RNG) as a torch file.
+
+A checkpoint is a folder:
+    model.safetensors   the module's state_dict (persistent buffers included)
+    config.json         {"kind": "vqgan" | "gpt", "config": {...}, "meta": {...}}
+    train_state.pt      optional: optimizer / scheduler state, step, anything needed to resume exactly
+Files are written under a temporary name and renamed, so an interrupted save never leaves a half-written file.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from reference.configs import GPTConfig, VQGANConfig, config_from_dict, config_to_dict
+
+KINDS = {"vqgan": VQGANConfig, "gpt": GPTConfig}
+
+
+def _atomic(path: Path, write) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, kind: str, train_state: dict | None = None,
+                    meta: dict | None = None) -> Path:
+    """Write model weights + config (+ train_state) into the folder ``path``; returns it."""
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}; known: {', '.join(KINDS)}")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
+    _atomic(path / "model.safetensors", lambda p: save_file(state, str(p)))
+    doc = {"kind": kind, "config": config_to_dict(model.cfg), "meta": meta or {}}
+    _atomic(path / "config.json", lambda p: p.write_text(json.dumps(doc, indent=1, sort_keys=True)))
+    if train_state is not None:
+        _atomic(path / "train_state.pt", lambda p: torch.save(train_state, p))
+    return path
+
+
+def read_config(path: str | os.PathLike) -> tuple[str, object, dict]:
+    """(kind, config dataclass, meta) of a checkpoint folder."""
+    cfg_path = Path(path) / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"no checkpoint at {path} (missing {cfg_path.name})")
+    doc = json.loads(cfg_path.read_text())
+    kind = doc.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"{cfg_path}: unknown kind {kind!r}")
+    return kind, config_from_dict(KINDS[kind], doc["config"]), doc.get("meta", {})
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
+    """Rebuild the model saved at ``path``; returns (model, train_state or None, meta)."""
+    from reference.gpt import GPT
+    from reference.vqgan import VQGAN
+
+    kind, cfg, meta = read_config(path)
+    weights = Path(path) / "model.safetensors"
+    if not weights.exists():
+        raise FileNotFoundError(f"no weights at {weights}")
+    model = (VQGAN if kind == "vqgan" else GPT)(cfg)
+    model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
+    model.to(map_location)
+    ts_path = Path(path) / "train_state.pt"
+    train_state = torch.load(ts_path, map_location=map_location, weights_only=False) if ts_path.exists() else None
+    return model, train_state, meta
+
+
+def save_vqgan(path, model, train_state=None, meta=None) -> Path:
+    return save_checkpoint(path, model, "vqgan", train_state, meta)
+
+
+def save_gpt(path, model, train_state=None, meta=None) -> Path:
+    return save_checkpoint(path, model, "gpt", train_state, meta)
+
+
+def load_vqgan(path, map_location="cpu"):
+    model, _, _ = load_checkpoint(path, map_location)
+    if model.__class__.__name__ != "VQGAN":
+        raise ValueError(f"{path} holds a {model.__class__.__name__}, not a VQGAN")
+    return model.eval()
+
+
+def load_gpt(path, map_location="cpu"):
+    model, _, _ = load_checkpoint(path, map_location)
+    if model.__class__.__name__ != "GPT":
+        raise ValueError(f"{path} holds a {model.__class__.__name__}, not a GPT")
+    return model.eval()

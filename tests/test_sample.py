@@ -1,0 +1,119 @@
+"""Sampling: top-k / top-p semantics, inverse-CDF draws, per-row seeds independent of the batch, re-ranking."""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from reference.configs import get_preset, with_overrides
+from reference.gpt import GPT
+from reference.sample import draw, filter_logits, generate, mix_seed, rerank_scores, sample_tokens
+from reference.vqgan import VQGAN
+
+TINY = get_preset("tiny")
+VQ16 = with_overrides(TINY.vqgan, resolution=16)  # 4x4 tokens: short sequences keep the tests fast
+
+
+def small_gpt(seed=0):
+    torch.manual_seed(seed)
+    cfg = with_overrides(TINY.gpt, n_layer=2, n_embd=32, n_head=4, ffn_dim=64, cond_dim=16, grid=4, n_pos=16)
+    return GPT(cfg).eval()
+
+
+def test_top_k_keeps_ties_and_top_p_keeps_the_crossing_token():
+    logits = torch.tensor([[3.0, 1.0, 2.0, 2.0, 0.0]])
+    out = filter_logits(logits, top_k=2)
+    assert torch.isfinite(out).tolist() == [[True, False, True, True, False]]  # the tie at the 2nd value is kept
+    p = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
+    out = filter_logits(p.log(), top_p=0.6)
+    assert torch.isfinite(out).tolist() == [[True, True, False, False]]  # 0.5 < 0.6, 0.8 crosses: kept
+    out = filter_logits(p.log(), top_p=0.01)
+    assert torch.isfinite(out).tolist() == [[True, False, False, False]]  # top-1 always kept
+    assert torch.allclose(filter_logits(logits, temperature=2.0), logits / 2)
+    with pytest.raises(ValueError):
+        filter_logits(logits, temperature=0.0)
+
+
+def test_draw_matches_the_distribution_and_skips_filtered_tokens():
+    logits = filter_logits(torch.tensor([[0.0, 1.0, -1.0, 2.0, 0.5]]).expand(20000, 5), top_k=3)
+    u = torch.rand(20000, generator=torch.Generator().manual_seed(0))
+    tok = draw(logits, u)
+    freq = torch.bincount(tok, minlength=5).float() / 20000
+    assert freq[0] == 0 and freq[2] == 0
+    assert torch.allclose(freq, logits[0].softmax(-1), atol=0.015)
+    edge = draw(logits[:2], torch.tensor([0.0, 1.0 - 1e-7]))
+    assert edge.tolist() == [1, 4]  # first and last kept tokens
+
+
+def test_rows_do_not_depend_on_batch_composition():
+    gpt = small_gpt()
+    cond = torch.randn(4, gpt.cfg.cond_dim)
+    seeds = [5, 6, 7, 8]
+    together = sample_tokens(gpt, cond, seeds, top_k=50)
+    alone = sample_tokens(gpt, cond[2:3], [7], top_k=50)
+    reordered = sample_tokens(gpt, cond[[3, 2]], [8, 7], top_k=50)
+    assert torch.equal(together[2], alone[0])
+    assert torch.equal(together[2], reordered[1]) and torch.equal(together[3], reordered[0])
+    assert not torch.equal(together[0], sample_tokens(gpt, cond[:1], [99], top_k=50)[0])  # the seed matters
+
+
+class FakeClip:
+    """A stand-in with the ClipModel interface: 'similarity' is the image brightness (text is ignored)."""
+
+    image_size = 12
+    embed_dim = 2
+
+    def __init__(self):
+        self.unnormalised_inputs = []
+
+    def encode_text(self, captions):
+        return torch.tensor([[1.0, 0.0]]).expand(len(captions), 2)
+
+    def encode_image(self, images):
+        assert images.dtype == torch.uint8
+        b = images.float().mean((1, 2, 3)) / 255.0  # [N] in [0,1]
+        return F.normalize(torch.stack([b, 1 - b], 1), dim=1)
+
+    def encode_image_unnormalised(self, x):
+        self.unnormalised_inputs.append(x)
+        b = (x.mean((1, 2, 3)) + 1) / 2
+        return F.normalize(torch.stack([b, 1 - b], 1), dim=1)
+
+
+def test_generate_rerank_picks_the_best_candidate_and_batch_size_does_not_matter():
+    gpt = small_gpt(1)
+    torch.manual_seed(0)
+    vq = VQGAN(VQ16).eval()
+    cond = torch.randn(2, gpt.cfg.cond_dim)
+    imgs1, tok1 = generate(gpt, vq, cond, [3, 4], top_k=20, return_tokens=True)
+    imgs2, tok2 = generate(gpt, vq, cond, [3, 4], top_k=20, batch_size=1, return_tokens=True)
+    assert torch.equal(tok1, tok2) and torch.equal(imgs1, imgs2)
+    assert imgs1.shape == (2, 3, 16, 16) and tok1.shape == (2, 4, 4)
+    clip = FakeClip()
+    best, best_tok = generate(gpt, vq, cond, [3, 4], top_k=20, candidates=4, rerank_clip=clip,
+                              captions=["a", "b"], return_tokens=True)
+    # recompute all candidates by hand: candidate c of seed s is a row seeded with mix_seed(s, "candidate", c)
+    for i, s in enumerate([3, 4]):
+        rows = sample_tokens(gpt, cond[i:i + 1].expand(4, -1), [mix_seed(s, "candidate", c) for c in range(4)],
+                             top_k=20)
+        cands = vq.decode_tokens(rows)
+        j = int(cands.float().mean((1, 2, 3)).argmax())
+        assert torch.equal(best_tok[i].flatten(), rows[j]) and torch.equal(best[i], cands[j])
+    with pytest.raises(ValueError):
+        generate(gpt, vq, cond, [3, 4], candidates=2)
+    with pytest.raises(ValueError):
+        generate(gpt, vq, cond, [3], top_k=20)
+
+
+def test_demo_rerank_input_feeds_raw_decoder_output_resized():
+    torch.manual_seed(0)
+    vq = VQGAN(VQ16).eval()
+    clip = FakeClip()
+    tok = torch.randint(0, VQ16.codebook_size, (3, 4, 4))
+    decoded = vq.decode_codes(tok).detach()
+    scores = rerank_scores(clip, ["x"] * 3, decoded=decoded, rerank_input="demo")
+    x = clip.unnormalised_inputs[-1]
+    assert x.shape == (3, 3, 12, 12)  # bilinear to the CLIP input size
+    want = F.interpolate(decoded, size=(12, 12), mode="bilinear", align_corners=False)
+    assert torch.allclose(x, want)  # no clamping, no mean/std: the [-1,1] decoder output as is
+    assert scores.shape == (3,)
+    with pytest.raises(ValueError):
+        rerank_scores(clip, ["x"], decoded=decoded[:1], rerank_input="bogus")
