@@ -113,29 +113,33 @@ def ls_() -> None:
         click.echo(f"{title}:")
         for e in reg.entries():
             click.echo(f"  {e.name:<22} {e.description}")
-    presets = _presets()
-    if presets:
-        click.echo("presets:")
-        for name, desc in presets:
-            click.echo(f"  {name:<22} {desc}")
+    click.echo("presets:")
+    for name, desc in _presets():
+        click.echo(f"  {name:<22} {desc}")
 
 
 def _presets() -> list[tuple[str, str]]:
+    from reference.clip import PRESETS as CLIP_PRESETS
+    from reference.configs import PRESETS
+
     out = []
-    try:
-        from reference.configs import PRESETS, describe_preset
-    except ImportError:
-        return out
-    for name in PRESETS:
-        out.append((name, describe_preset(name)))
+    for name, p in PRESETS.items():
+        v, g = p.vqgan, p.gpt
+        out.append((name, f"VQGAN {v.resolution}px -> {v.grid}x{v.grid} tokens, {v.codebook_size} codes; "
+                          f"GPT {g.n_layer}x{g.n_embd}, {g.n_head} heads; CLIP {p.clip.name} ({p.clip.embed_dim}-d)"))
+    for name, p in CLIP_PRESETS.items():
+        cfg = p.model_cfg
+        out.append((f"clip:{name}", f"tiny open_clip CLIP, {cfg['embed_dim']}-d, {cfg['vision_cfg']['image_size']}px, "
+                                    f"text context {cfg['text_cfg']['context_length']}"))
     return out
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--latex", "want_latex", is_flag=True, help="also print LaTeX")
-def report(run_dir, want_latex) -> None:
-    """Re-print a run's tables; write results.md and results.tex beside them."""
+@click.option("--paper", is_flag=True, help="the papers' comparison layout (paper.md / paper.tex) with paired claims")
+def report(run_dir, want_latex, paper) -> None:
+    """Re-print a run's tables; write results.md and results.tex (and paper.md / paper.tex) beside them."""
     from pathlib import Path
 
     from bench.cache import atomic_write_text
@@ -146,6 +150,17 @@ def report(run_dir, want_latex) -> None:
         _fail(f"{run_dir} has no results.csv: run `bench run SUITE --out {run_dir}` first")
     df = read_frame(run_dir)
     per_caption = load_per_caption(run_dir)
+    if paper:
+        from bench.paper import paper_table
+
+        md, tex = paper_table(df, per_caption), paper_table(df, per_caption, latex=True)
+        atomic_write_text(run_dir / "paper.md", md + "\n")
+        atomic_write_text(run_dir / "paper.tex", tex + "\n")
+        click.echo(md)
+        if want_latex:
+            click.echo("\n" + tex)
+        click.echo(f"\nwrote {run_dir / 'paper.md'} and {run_dir / 'paper.tex'}")
+        return
     md = markdown(df, per_caption)
     tex = latex(df, per_caption)
     atomic_write_text(run_dir / "results.md", md + "\n")

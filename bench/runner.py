@@ -54,17 +54,28 @@ def check_resources(suite: Suite) -> list[str]:
     ask(DATASETS, suite.dataset.name, suite.dataset.args)
     for spec in suite.components.values():
         if spec.path is not None:
-            path = Path(spec.path.split("@", 1)[-1]).expanduser()
-            if not path.exists():
-                missing.append(f"component {spec.name!r} ({spec.kind}): {path} does not exist; put the weights there "
-                               f"or set components.{spec.name}.path")
+            missing.extend(_missing_path(spec.path.rpartition("@")[2], f"component {spec.name!r} ({spec.kind})",
+                                         f"components.{spec.name}.path"))
         else:
             ask(COMPONENTS, spec.kind, spec.train)
     for s in suite.systems:
         ask(SYSTEMS, s.name, s.args)
+        path = getattr(s.args, "path", None)
+        if isinstance(path, str):
+            missing.extend(_missing_path(path, f"system {s.alias!r}", f"systems.{s.alias}.args.path"))
     for m in suite.metrics:
         ask(METRICS, m.name, m.args)
     return list(dict.fromkeys(missing))
+
+
+def _missing_path(path: str, what: str, key: str) -> list[str]:
+    if "$" in path:
+        var = path[path.index("$"):].split("/")[0].strip("${}")
+        return [f"{what}: {path}: environment variable {var} is not set; export {var}=/folder/with/the/files "
+                f"or set {key}"]
+    if not Path(path).expanduser().exists():
+        return [f"{what}: {path} does not exist; put the file there or set {key}"]
+    return []
 
 
 def _png_bytes(image: torch.Tensor) -> bytes:

@@ -371,7 +371,8 @@ class _Checker:
         value = os.path.expanduser(os.path.expandvars(value))
         prefix, sep, rest = value.rpartition("@") if "@" in value else ("", "", value)
         origin, _ = self.loc.get(path, (self.file, 1))
-        if rest and not os.path.isabs(rest) and not origin.startswith("--set") and ("/" in rest or "." in rest):
+        unset = "$" in rest  # an environment variable that is not set: leave it for the resource check to name
+        if rest and not unset and not os.path.isabs(rest) and not origin.startswith("--set") and ("/" in rest or "." in rest):
             rest = str((Path(origin).parent / rest).resolve())
         return prefix + sep + rest
 

@@ -1,0 +1,143 @@
+"""`samples-folder`: images made elsewhere (a published model's samples), read from a folder.
+
+File names map to caption ids: `<caption_id>.png` / `.jpg` / `.jpeg` / `.webp`, zero-padded or not
+(`7.png`, `000007.png`), or an explicit mapping file (`mapping:`): JSON `{"7": "a.png", ...}` or CSV with
+header `caption_id,file`, paths relative to the folder. Every image is converted to RGB and resized to
+the dataset resolution (shorter side to the resolution with bicubic antialiasing, then a centre crop),
+so its metrics sit in the same table as the systems generated here. The same file serves every seed:
+a folder holds one sample per caption.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+
+from bench.api import UserError
+from bench.registry import SYSTEMS
+
+EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass(frozen=True)
+class SamplesFolderArgs:
+    path: str = field(default="", metadata={"help": "folder of <caption_id>.png|jpg images"})
+    mapping: str | None = field(default=None, metadata={"help": "JSON or CSV caption_id -> file (relative to path)"})
+    uses_captions: bool = field(default=True, metadata={"help": "whether the model that made them was trained on "
+                                                                "captions (true unless known otherwise)"})
+
+
+def missing_resources(args: SamplesFolderArgs) -> list[str]:
+    """Paths that must exist before a run, each with what fixes it."""
+    missing = []
+    folder = Path(args.path).expanduser()
+    if not args.path or not folder.is_dir():
+        missing.append(f"samples-folder: folder {args.path or '(path not set)'} not found; set systems[].args.path "
+                       f"to a folder of <caption_id>.png images")
+    if args.mapping is not None and not _mapping_path(args).is_file():
+        missing.append(f"samples-folder: mapping file {_mapping_path(args)} not found (JSON or CSV caption_id,file)")
+    return missing
+
+
+def _mapping_path(args: SamplesFolderArgs) -> Path:
+    m = Path(args.mapping).expanduser()
+    return m if m.is_absolute() else Path(args.path).expanduser() / m
+
+
+def read_mapping(path: Path, folder: Path) -> dict[int, Path]:
+    """caption_id -> image path, from JSON {"id": "file"} or CSV with columns caption_id,file."""
+    try:
+        if path.suffix.lower() == ".json":
+            raw = json.loads(path.read_text())
+            if not isinstance(raw, dict):
+                raise ValueError("expected a JSON object caption_id -> file")
+            pairs = list(raw.items())
+        else:
+            with open(path, newline="") as f:
+                rows = list(csv.DictReader(f))
+            if rows and not {"caption_id", "file"} <= set(rows[0]):
+                raise ValueError(f"expected CSV columns caption_id,file, got {','.join(rows[0])}")
+            pairs = [(r["caption_id"], r["file"]) for r in rows]
+        return {int(k): folder / str(v) for k, v in pairs}
+    except (ValueError, json.JSONDecodeError, csv.Error) as err:
+        raise UserError(f"samples-folder: cannot read mapping {path}: {err}") from None
+
+
+def scan_folder(folder: Path) -> dict[int, Path]:
+    """caption_id -> image path for files named <digits>.<ext> (zero padding allowed)."""
+    found: dict[int, Path] = {}
+    for p in sorted(folder.iterdir()):
+        m = re.fullmatch(r"(\d+)", p.stem)
+        if m and p.suffix.lower() in EXTENSIONS and p.is_file():
+            cid = int(m.group(1))
+            if cid in found:
+                raise UserError(f"samples-folder: caption id {cid} has two files: {found[cid].name} and {p.name}")
+            found[cid] = p
+    return found
+
+
+def load_resized(path: Path, resolution: int) -> Tensor:
+    """One image file -> uint8 [3,R,R]: RGB, shorter side resized to R (bicubic), centre crop."""
+    try:
+        with Image.open(path) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            scale = resolution / min(w, h)
+            nw, nh = max(resolution, round(w * scale)), max(resolution, round(h * scale))
+            if (nw, nh) != (w, h):
+                im = im.resize((nw, nh), Image.BICUBIC, reducing_gap=None)
+            left, top = (nw - resolution) // 2, (nh - resolution) // 2
+            im = im.crop((left, top, left + resolution, top + resolution))
+            arr = np.asarray(im, dtype=np.uint8)
+    except OSError as err:
+        raise UserError(f"samples-folder: cannot read image {path}: {err}") from None
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1)  # [R,R,3] -> [3,R,R]
+
+
+class SamplesFolder:
+    """Reads the sample of each requested caption id; ignores seeds (one sample per caption)."""
+
+    tokens_per_image = 0
+
+    def __init__(self, args: SamplesFolderArgs, resolution: int):
+        problems = missing_resources(args)
+        if problems:
+            raise UserError(problems[0])
+        self.args, self.resolution = args, resolution
+        self.folder = Path(args.path).expanduser()
+        self.uses_captions = bool(args.uses_captions)
+        self.files = read_mapping(_mapping_path(args), self.folder) if args.mapping else scan_folder(self.folder)
+
+    def provenance(self) -> dict:
+        return {"training": {"samples_from": str(self.folder.resolve()), "mapping": self.args.mapping,
+                             "files": len(self.files)}}
+
+    def generate(self, captions: list[str], caption_ids: list[int], seeds: list[int]) -> Tensor:
+        out = []
+        for cid in caption_ids:
+            path = self.files.get(int(cid))
+            if path is None:
+                raise UserError(f"samples-folder: no image for caption id {cid} in {self.folder} (expected "
+                                f"{cid}.png or {int(cid):06d}.png{', or an entry in ' + self.args.mapping if self.args.mapping else ''})")
+            if not path.is_file():
+                raise UserError(f"samples-folder: caption id {cid} maps to {path}, which does not exist")
+            out.append(load_resized(path, self.resolution))
+        if not out:
+            return torch.zeros(0, 3, self.resolution, self.resolution, dtype=torch.uint8)
+        return torch.stack(out)
+
+
+@SYSTEMS.register("samples-folder", "images made elsewhere, read from a folder of <caption_id>.png (published "
+                                    "models' samples in the same table)", args=SamplesFolderArgs)
+def build_samples_folder(args: SamplesFolderArgs, ctx) -> SamplesFolder:
+    return SamplesFolder(args, ctx.dataset.resolution)
+
+
+build_samples_folder.missing_resources = missing_resources

@@ -1,0 +1,52 @@
+"""The CLI as a user meets it: resource checks, listing, the allocator re-exec."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from bench.cli import ALLOCATOR_ENV, cli
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_mscoco_without_data_or_weights_stops_at_the_resource_check(tmp_path, monkeypatch):
+    for var in ("BENCH_COCO_ROOT", "BENCH_WEIGHTS", "BENCH_INCEPTION_WEIGHTS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch-home"))
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", str(REPO / "suites" / "mscoco.yaml"), "--out", str(out)])
+    assert result.exit_code == 2, result.output
+    text = result.output
+    for needle in ("BENCH_COCO_ROOT", "components.clip.path", "components.clip-eval.path", "components.vqgan.path",
+                   "systems.clip-gen.args.path", "weights-inception-2015-12-05-6726825d.pth"):
+        assert needle in text, needle
+    assert not out.exists(), "nothing may be written before the resource check passes"
+
+
+def test_missing_weight_file_names_the_file(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text("suite: s\nversion: 1\ndataset: {name: shapes}\n"
+                     "components: {vqgan: {kind: vqgan, path: ckpt/nothing-here}}\n"
+                     "systems: [{name: vqgan-recon, args: {vqgan: vqgan}}]\n")
+    result = CliRunner().invoke(cli, ["run", str(suite), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert f"{tmp_path / 'ckpt' / 'nothing-here'} does not exist" in result.output
+
+
+def test_ls_lists_every_registry_with_descriptions():
+    result = CliRunner().invoke(cli, ["ls"])
+    assert result.exit_code == 0
+    for name in ("shapes", "fashion-mnist", "mscoco", "clipgen", "vqgan-clip", "fd", "kid", "clip-score", "caps",
+                 "attribute-accuracy", "throughput", "training-probe", "tiny", "paper"):
+        assert f"  {name} " in result.output, name
+
+
+def test_bench_reexecs_itself_with_the_allocator_settings():
+    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV and k != "BENCH_NO_REEXEC"}
+    proc = subprocess.run([sys.executable, "-m", "bench", "info"], capture_output=True, text=True, env=env,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    for key, value in ALLOCATOR_ENV.items():
+        assert f"{key}={value}" in proc.stdout

@@ -1,0 +1,138 @@
+"""bench.paper: the papers' table layout, reported rows, intervals, paired comparisons."""
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.paper import paired_comparison, paired_seed_comparison, paper_table, per_caption_values
+from bench.results import COLUMNS
+
+
+def _row(system, name, metric, variant, value, seed, source="measured", uses=False, citation=""):
+    row = {c: "" for c in COLUMNS}
+    row.update(system=system, system_name=name, metric=metric, variant=variant, value=float(value), seed=seed,
+               source=source, uses_captions=uses, citation=citation, n=100, extra="{}")
+    return row
+
+
+def _per_caption(rng, mean, seeds=(0, 1, 2), captions=40, spread=1.0):
+    return {s: {c: float(mean + spread * rng.standard_normal()) for c in range(captions)} for s in seeds}
+
+
+@pytest.fixture
+def run():
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in (0, 1, 2):
+        for system, name, fd, cs, acc in (("clipgen-lf", "clipgen", 30 + s, 25.0, 0.6),
+                                          ("vqgan-clip", "vqgan-clip", 60 + 2 * s, 20.0, 0.3),
+                                          ("clipgen-text", "clipgen-text", 29 + s, 25.5, 0.62)):
+            for blur, off in ((0, 0.0), (1, -5.0), (2, -10.0)):
+                rows.append(_row(system, name, "fd-effnet-lite0", f"blur={blur}", fd + off, s, uses=name == "clipgen-text"))
+            rows.append(_row(system, name, "clip-score", "", cs, s))
+            rows.append(_row(system, name, "attribute-accuracy", "seen/all", acc, s))
+            rows.append(_row(system, name, "attribute-accuracy", "held-out/all", acc - 0.1, s))
+            rows.append(_row(system, name, "throughput", "images/s", 100.0 / (1 + 9 * (name == "vqgan-clip")), s))
+    rows.append(_row("CogView", "reported", "fid", "blur=0", 27.1, -1, source="reported", uses=True,
+                     citation="Ding et al. 2021, Table 1"))
+    rows.append(_row("CogView", "reported", "fid", "blur=1", 19.4, -1, source="reported", uses=True,
+                     citation="Ding et al. 2021, Table 1"))
+    df = pd.DataFrame(rows, columns=COLUMNS)
+    per_caption = {("clipgen-lf", "clip-score"): _per_caption(rng, 25.0),
+                   ("vqgan-clip", "clip-score"): _per_caption(rng, 20.0),
+                   ("clipgen-lf", "attribute-accuracy"): _per_caption(rng, 0.6, spread=0.3),
+                   ("clipgen-text", "attribute-accuracy"): _per_caption(rng, 0.6, spread=0.3)}
+    return df, per_caption
+
+
+def test_markdown_layout_marks_reported_rows(run):
+    df, pc = run
+    text = paper_table(df, pc)
+    header = text.splitlines()[0]
+    cells = [c.strip() for c in header.strip("|").split("|")]
+    assert cells[:5] == ["Model", "trained on captions?", "FD-EffNet-0", "FD-EffNet-1", "FD-EffNet-2"]
+    assert cells[5:7] == ["FID-0 (reported)", "FID-1 (reported)"]  # reported FID never enters the measured FD columns
+    assert cells[7:] == ["CLIP score", "attr. acc. seen", "attr. acc. held-out", "img/s"]
+    lines = {ln.split("|")[1].strip(): ln for ln in text.splitlines() if ln.startswith("| ")}
+    cog = [c.strip() for c in lines["CogView (reported*1)"].strip("|").split("|")]
+    assert cog[1] == "yes" and cog[2] == "–" and cog[5] == "27.1" and cog[6] == "19.4"
+    lf = [c.strip() for c in lines["clipgen-lf (clipgen)"].strip("|").split("|")]
+    assert lf[1] == "no" and lf[2].startswith("31.00 ± ") and lf[2].endswith("‡")  # FD: seeds only
+    assert lf[7].startswith("25.") and "‡" not in lf[7]  # CLIP score: caption bootstrap
+    assert "Ding et al. 2021, Table 1" in text and "not comparable with published FID" in text
+
+
+def test_interval_half_widths(run):
+    df, pc = run
+    from bench.paper import cell_stats
+    from bench.results import bootstrap_ci
+
+    fd = cell_stats(df, pc, "vqgan-clip", "fd-effnet-lite0", "blur=0")
+    assert fd["how"] == "seeds" and math.isclose(fd["half"], 1.96 * np.std([60, 62, 64], ddof=1) / math.sqrt(3))
+    cs = cell_stats(df, pc, "clipgen-lf", "clip-score", "")
+    lo, hi = bootstrap_ci(pc[("clipgen-lf", "clip-score")])
+    assert cs["how"] == "bootstrap" and math.isclose(cs["half"], (hi - lo) / 2)
+
+
+def test_latex_table(run):
+    df, pc = run
+    tex = paper_table(df, pc, latex=True)
+    assert tex.startswith("\\begin{tabular}{ll" + "r" * 9 + "}") and "\\toprule" in tex and "$\\pm$" in tex
+    assert "$^\\ddagger$" in tex and "±" not in tex
+
+
+def test_paired_comparison_equals_hand_bootstrap():
+    a = {0: {0: 1.0, 1: 2.0, 2: 3.0, 3: 5.0}, 1: {0: 2.0, 1: 2.5, 2: 2.0, 3: 4.0, 9: 7.0}}
+    b = {0: {0: 0.5, 1: 2.5, 2: 1.0, 3: 4.0}, 1: {0: 1.0, 1: 1.5, 2: 2.5, 3: 3.0}}
+    got = paired_comparison({("A", "m"): a, ("B", "m"): b}, "A", "B", "m", reps=500, seed=3)
+    diff = np.array([[a[s][c] - b[s][c] for c in range(4)] for s in (0, 1)])  # caption 9 is not shared
+    rng = np.random.default_rng(3)
+    idx = rng.integers(0, 4, size=(500, 4))
+    means = np.array([diff[:, i].mean() for i in idx])
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    assert got["n_captions"] == 4 and got["n_seeds"] == 2
+    assert math.isclose(got["mean"], diff.mean()) and math.isclose(got["lo"], lo) and math.isclose(got["hi"], hi)
+
+
+def test_paired_comparison_detects_a_clear_difference_and_not_a_null_one():
+    rng = np.random.default_rng(1)
+    base = _per_caption(rng, 0.0, captions=60)
+    better = {s: {c: v + 2.0 + 0.1 * rng.standard_normal() for c, v in vals.items()} for s, vals in base.items()}
+    same = {s: {c: v + 0.5 * rng.standard_normal() for c, v in vals.items()} for s, vals in base.items()}
+    pc = {("A", "k"): better, ("B", "k"): base, ("C", "k"): same}
+    clear = paired_comparison(pc, "A", "B", "k")
+    assert clear["excludes_zero"] and clear["lo"] > 1.5
+    null = paired_comparison(pc, "C", "B", "k")
+    assert not null["excludes_zero"] and null["lo"] < 0 < null["hi"]
+    with pytest.raises(KeyError):
+        paired_comparison(pc, "A", "Z", "k")
+
+
+def test_table_prints_paired_statements(run):
+    df, pc = run
+    text = paper_table(df, pc)
+    assert "clip-score: clipgen-lf beats vqgan-clip" in text
+    assert "fd-effnet-lite0/blur=0: clipgen-lf beats vqgan-clip" in text and "seeds only" in text
+    assert "attribute-accuracy: no winner can be claimed between clipgen-lf and clipgen-text" in text
+
+
+def test_seed_comparison_t_interval(run):
+    df, _ = run
+    r = paired_seed_comparison(df, "clipgen-lf", "vqgan-clip", "fd-effnet-lite0", "blur=0")
+    d = np.array([30 - 60, 31 - 62, 32 - 64], dtype=float)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
+    assert math.isclose(r["mean"], d.mean()) and math.isclose(r["hi"], d.mean() + half) and r["excludes_zero"]
+
+
+def test_fd_metric_preference_and_split_fallback():
+    rows = [_row("s", "s", "fd-clip", "blur=0", 5.0, 0), _row("s", "s", "fid", "blur=0", 9.0, 0)]
+    text = paper_table(pd.DataFrame(rows, columns=COLUMNS))
+    assert "| FID-0 |" in text and "FD-CLIP-0" not in text.splitlines()[0]
+    pc = {("s", "attribute-accuracy"): {0: {0: 1.0, 1: 0.0, 2: 1.0, 3: 1.0}}}
+    held = per_caption_values(pc, "s", "attribute-accuracy", "held-out/all", splits={0: "seen", 1: "held-out",
+                                                                                     2: "seen", 3: "held-out"})
+    assert held == {0: {1: 0.0, 3: 1.0}}
+    assert per_caption_values(pc, "s", "attribute-accuracy", "held-out/all") is None
