@@ -380,4 +380,6 @@ def train_clipgen(data, clip, vqgan: VQGAN, cfg: GPTConfig | str = "tiny", steps
         emb = clip.encode_text(list(captions)).float().cpu()
     else:
         raise ValueError(f"condition must be 'image' or 'text', got {condition!r}")
-    return train_gpt(tokens, emb, cfg, steps=steps, seed=seed, noise=noise, progress=progress, **kwargs)
+    # the VQGAN and CLIP ride along for the paper's CLIP-reconstruction loss (used when its weight > 0)
+    return train_gpt(tokens, emb, cfg, steps=steps, seed=seed, noise=noise, progress=progress, vqgan=vqgan, clip=clip,
+                     **kwargs)

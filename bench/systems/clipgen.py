@@ -28,8 +28,10 @@ class GPTTrainArgs:
     batch_size: int | None = field(default=None, metadata={"min": 1})
     lr: float | None = field(default=None, metadata={"min": 0.0})
     seed: int = field(default=0, metadata={"min": 0})
-    noise: float = field(default=0.0, metadata={"min": 0.0, "help": "LAFITE-style embedding noise scale"})
-    clip_loss_weight: float = field(default=0.0, metadata={"min": 0.0, "help": "the paper's CLIP-reconstruction loss"})
+    noise: float | None = field(default=None, metadata={"min": 0.0, "help": "LAFITE-style embedding noise scale "
+                                                                          "(default: the preset's)"})
+    clip_loss_weight: float | None = field(default=None, metadata={"min": 0.0, "help": "the paper's CLIP-reconstruction "
+                                                                                     "loss weight (default: the preset's)"})
 
 
 @dataclass(frozen=True)
