@@ -11,7 +11,7 @@ export MALLOC_TRIM_THRESHOLD_ := 68719476736
 export MALLOC_TOP_PAD_ := 1073741824
 export HF_HUB_OFFLINE := 1
 
-.PHONY: venv quickstart test bench system-packages clean
+.PHONY: venv quickstart test gates ci-baseline bench system-packages clean
 
 venv: $(STAMP)
 
@@ -35,9 +35,21 @@ system-packages:
 quickstart: $(STAMP)
 	$(BIN)/bench run suites/quickstart.yaml
 
+# The tests, then the CI gates: the ci suite on committed checkpoints, compared with the baseline.
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider tests
 	$(BIN)/bench validate suites/*.yaml
+	@$(MAKE) --no-print-directory gates
+
+gates: $(STAMP)
+	$(BIN)/bench run suites/ci.yaml --out runs/ci --fresh --quiet
+	$(BIN)/bench compare runs/ci results/baselines/ci.csv
+
+# Refresh the committed CI checkpoints (the quickstart recipe) and the baseline; review the diff.
+ci-baseline: $(STAMP)
+	$(BIN)/python -m bench.baseline --recipe suites/quickstart.yaml --out results/baselines/ci-checkpoints
+	$(BIN)/bench run suites/ci.yaml --out runs/ci --fresh --quiet
+	cp runs/ci/results.csv results/baselines/ci.csv
 
 bench: $(STAMP)
 	$(BIN)/python -m pytest -q -p no:cacheprovider benchmarks
