@@ -52,7 +52,7 @@ ci-baseline: $(STAMP)
 	cp runs/ci/results.csv results/baselines/ci.csv
 
 bench: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider benchmarks
+	$(BIN)/python -m pytest -q -s -p no:cacheprovider benchmarks
 
 clean:
 	rm -rf $(VENV) runs

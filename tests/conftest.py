@@ -15,3 +15,11 @@ import pytest  # noqa: E402
 def _isolated_cache(tmp_path_factory, monkeypatch):
     """Every test writes trained artefacts and statistics into a throwaway cache, never ~/.cache."""
     monkeypatch.setenv("BENCH_CACHE", str(tmp_path_factory.getbasetemp() / "bench-cache"))
+
+
+@pytest.fixture(scope="module")
+def kernel_device():
+    """Where the Triton kernels run: 'cuda' on a GPU, else 'cpu' under the interpreter (switched on above)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

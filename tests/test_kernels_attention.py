@@ -7,7 +7,6 @@ half precision.
 """
 from __future__ import annotations
 
-import os
 
 import pytest
 import torch
@@ -15,23 +14,6 @@ import torch
 from reference.kernels import decode_attention
 
 HAS_CUDA = torch.cuda.is_available()
-
-
-@pytest.fixture(scope="module")
-def kernel_device():
-    """'cuda' when there is a GPU, else 'cpu' with the triton interpreter switched on."""
-    if HAS_CUDA:
-        yield "cuda"
-        return
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        yield "cpu"
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
 
 
 def make(b, h, t, dh, seed=0, dtype=torch.float32, device="cpu"):

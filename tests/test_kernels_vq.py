@@ -17,7 +17,6 @@ and the fast modes.
 from __future__ import annotations
 
 import importlib
-import os
 
 import pytest
 import torch
@@ -30,23 +29,6 @@ vq_mod = importlib.import_module("reference.kernels.vq_lookup")
 
 HAS_CUDA = torch.cuda.is_available()
 cuda_only = [pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")]
-
-
-@pytest.fixture(scope="module")
-def kernel_device():
-    """'cuda' when there is a GPU, else 'cpu' with the triton interpreter switched on."""
-    if HAS_CUDA:
-        yield "cuda"
-        return
-    old = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        yield "cpu"
-    finally:
-        if old is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = old
 
 
 @pytest.fixture(autouse=True)
