@@ -48,8 +48,15 @@ def cli() -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--fresh", is_flag=True, help="delete the run folder first instead of resuming")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-def run(suite_path, overrides, limit, out_dir, device, fresh, quiet) -> None:
-    """Run SUITE: train or load what it names, generate, measure, print the table."""
+@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
+              help="generate with N processes (captions sharded); metrics are computed once, at the end")
+@click.option("--shard", default=None, metavar="R/N",
+              help="only generate shard R of N into --out (no metrics); a later plain run measures")
+def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shard) -> None:
+    """Run SUITE: train or load what it names, generate, measure, print the table.
+
+    Under torchrun (WORLD_SIZE > 1) each rank generates its shard and rank 0 measures.
+    """
     from bench.api import UserError
     from bench.suite import load_suite
 
@@ -58,9 +65,23 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet) -> None:
         from bench.report import sample_grid
         from bench.results import load_per_caption, markdown
         from bench.runner import Runner
+        from bench.sharding import parse_shard, run_sharded, run_torchrun
 
-        runner = Runner(suite, out_dir=out_dir, device=device, limit=limit, fresh=fresh, progress=not quiet)
-        results = runner.run()
+        common = dict(out_dir=out_dir, device=device, limit=limit, progress=not quiet)
+        if shard is not None:
+            rank, world = parse_shard(shard)
+            Runner(suite, rank=rank, world=world, **common).run_shard()
+            click.echo(f"shard {rank}/{world} generated")
+            return
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            runner, results = run_torchrun(suite, fresh=fresh, **common)
+            if results is None:
+                return  # not rank 0: rank 0 measures and prints
+        elif nproc > 1:
+            runner, results = run_sharded(suite, suite_path, overrides, nproc, fresh=fresh, **common)
+        else:
+            runner = Runner(suite, fresh=fresh, **common)
+            results = runner.run()
     except UserError as err:
         _fail(str(err))
     df = results.frame()

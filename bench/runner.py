@@ -117,8 +117,15 @@ def per_caption_columns(values: dict[str, float], split: str, columns: set[str])
 
 
 class Runner:
+    """One suite run. With `world > 1` this process generates only its shard of the captions
+    (caption index % world == rank); `run()` in the coordinating process then finds every sample on
+    disk and computes the metrics once, so the numbers equal a single-process run exactly."""
+
     def __init__(self, suite: Suite, out_dir: str | Path | None = None, device: str = "cpu", limit: int | None = None,
-                 fresh: bool = False, progress: bool = True, cache: str | Path | None = None):
+                 fresh: bool = False, progress: bool = True, cache: str | Path | None = None, rank: int = 0,
+                 world: int = 1):
+        if not 0 <= rank < world:
+            raise UserError(f"shard {rank}/{world}: need 0 <= rank < world")
         self.suite = suite
         self.out = Path(out_dir) if out_dir else Path("runs") / suite.suite
         self.device = device
@@ -126,21 +133,32 @@ class Runner:
         self.fresh = fresh
         self.progress = progress
         self.cache = str(cache or cache_dir())
+        self.rank, self.world = rank, world
 
     # ---- the whole job ---------------------------------------------------------------------
     def run(self) -> Results:
+        """Build, generate everything still missing, measure, write the results."""
+        builder, dataset, items, systems = self.prepare()
+        self.generate_all(systems, items)
+        return self.measure(builder, dataset, items, systems)
+
+    def run_shard(self) -> None:
+        """Build (from the cache) and generate this process's shard only; no metrics."""
+        _, _, items, systems = self.prepare()
+        self.generate_all(systems, items)
+
+    def prepare(self):
         missing = check_resources(self.suite)
         if missing:
             raise UserError("missing resources (nothing was run):\n  - " + "\n  - ".join(missing))
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-        torch.set_num_threads(self.suite.generation.threads or default_threads())
+        torch.set_num_threads(self.suite.generation.threads or max(1, default_threads() // self.world))
         torch.set_flush_denormal(True)
-        if self.fresh and self.out.exists():
+        if self.fresh and self.out.exists() and self.world == 1:
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "suite.resolved.json").write_text(json.dumps(self.suite.resolved, indent=1, default=str))
-
         dataset = DATASETS.get(self.suite.dataset.name).factory(self.suite.dataset.args)
         builder = Builder(self.suite, dataset, self.device, self.cache)
         items = dataset.eval_captions()
@@ -148,13 +166,20 @@ class Runner:
             items = items[: self.limit]
         if not items:
             raise UserError("no captions to generate for (check dataset.num_captions and --limit)")
+        systems = {spec.alias: builder.system(spec.alias) for spec in self.suite.systems}
+        return builder, dataset, items, systems
 
+    def generate_all(self, systems: dict, items: list[CaptionItem]) -> None:
+        mine = [it for i, it in enumerate(items) if i % self.world == self.rank]
+        for alias, system in systems.items():
+            for seed in self.suite.generation.seeds:
+                self.generate(alias, system, mine, seed)
+
+    def measure(self, builder: Builder, dataset, items: list[CaptionItem], systems: dict) -> Results:
         results = Results(self.suite, self.device)
         for spec in self.suite.systems:
-            system = builder.system(spec.alias)
             for seed in self.suite.generation.seeds:
-                self.generate(spec.alias, system, items, seed)
-                results.extend(self.evaluate(spec, system, builder, dataset, items, seed))
+                results.extend(self.evaluate(spec, systems[spec.alias], builder, dataset, items, seed))
         results.extend(self.component_diagnostics(builder, dataset, items))
         results.add_reported()
         results.save(self.out)
@@ -171,7 +196,8 @@ class Runner:
         if not todo:
             return
         bs = self.suite.generation.batch_size
-        timing_file = self.out / "timings" / alias / f"seed{seed}.jsonl"
+        shard = f".rank{self.rank}" if self.world > 1 else ""
+        timing_file = self.out / "timings" / alias / f"seed{seed}{shard}.jsonl"
         timing_file.parent.mkdir(parents=True, exist_ok=True)
         if self.suite.generation.warmup:
             warm = todo[: min(2, len(todo))]
@@ -210,11 +236,11 @@ class Runner:
                               [it.info for it in batch])
 
     def timings(self, alias: str, seed: int) -> list[TimingRecord]:
-        path = self.out / "timings" / alias / f"seed{seed}.jsonl"
-        if not path.exists():
-            return []
+        folder = self.out / "timings" / alias
+        lines = [line for path in sorted(folder.glob(f"seed{seed}.jsonl")) + sorted(folder.glob(f"seed{seed}.rank*.jsonl"))
+                 for line in path.read_text().splitlines()]
         records = []
-        for line in path.read_text().splitlines():
+        for line in lines:
             if line.strip():
                 try:
                     records.append(TimingRecord(**json.loads(line)))

@@ -1,0 +1,70 @@
+"""Sharded generation: N local processes (`bench run --nproc N`) or torchrun ranks.
+
+Captions are split by index (caption i goes to shard i % N). Each shard writes its own PNGs and
+timing records into the shared run folder; one process then finds every sample on disk and computes
+the metrics once. Samples depend only on (seed, caption id), so the numbers equal a single-process
+run's exactly. Components are built (trained into the cache) once, before any shard starts.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+from bench.api import UserError
+from bench.runner import Runner
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        rank, world = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard {text!r}: expected R/N, e.g. 0/4") from None
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"--shard {text!r}: need 0 <= R < N")
+    return rank, world
+
+
+def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_dir, device, limit, progress):
+    """Build in this process, generate in `nproc` child processes, measure here."""
+    runner = Runner(suite, out_dir=out_dir, device=device, limit=limit, fresh=fresh, progress=progress)
+    builder, dataset, items, systems = runner.prepare()  # trains and caches every component first
+    base = [sys.executable, "-m", "bench", "run", str(suite_path), "--out", str(runner.out), "--device", device,
+            "--quiet"]
+    for assignment in overrides:
+        base += ["--set", assignment]
+    if limit is not None:
+        base += ["--limit", str(limit)]
+    procs = [subprocess.Popen(base + ["--shard", f"{r}/{nproc}"], stdout=subprocess.DEVNULL) for r in range(nproc)]
+    codes = [p.wait() for p in procs]
+    failed = [f"{r}/{nproc} (exit {c})" for r, c in enumerate(codes) if c != 0]
+    if failed:
+        raise UserError(f"generation shards failed: {', '.join(failed)}; rerun the same command to resume")
+    runner.generate_all(systems, items)  # nothing is missing unless a shard was cut short
+    return runner, runner.measure(builder, dataset, items, systems)
+
+
+def run_torchrun(suite, fresh: bool, out_dir, device, limit, progress):
+    """Under torchrun: rank 0 builds first, every rank generates its shard, rank 0 measures."""
+    import torch.distributed as dist
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    dist.init_process_group("nccl" if device == "cuda" else "gloo")
+    try:
+        if device == "cuda":
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+        runner = Runner(suite, out_dir=out_dir, device=device, limit=limit, fresh=fresh and rank == 0,
+                        progress=progress and rank == 0, rank=rank, world=world)
+        if rank == 0:
+            prepared = runner.prepare()
+        dist.barrier()  # the cache is filled: the other ranks load instead of training
+        if rank != 0:
+            prepared = runner.prepare()
+        builder, dataset, items, systems = prepared
+        runner.generate_all(systems, items)
+        dist.barrier()
+        if rank != 0:
+            return runner, None
+        return runner, runner.measure(builder, dataset, items, systems)
+    finally:
+        dist.destroy_process_group()
