@@ -189,9 +189,3 @@ class GPT(nn.Module):
             x = blk.encoder.decode(x, cache, i, pos, backend)
         cache.length = pos + 1
         return self.head(self.norm(x))[:, 0]
-
-
-def load_hfailab_state_dict(model: GPT, state: dict) -> None:
-    """Load an HFAiLab CLIP-GEN GPT ``model`` dict (drops the rebuilt ``blocks.N.mask`` buffers)."""
-    clean = {k: v for k, v in state.items() if not (k.startswith("blocks.") and k.endswith(".mask"))}
-    model.load_state_dict(clean, strict=True)

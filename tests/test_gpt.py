@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from reference.configs import GPTConfig, get_preset, with_overrides
-from reference.gpt import GPT, load_hfailab_state_dict
+from reference.gpt import GPT
 from reference.sample import sample_tokens
 
 TINY = get_preset("tiny").gpt
@@ -47,19 +47,6 @@ def test_block_equals_torch_transformer_encoder_layer():
     want = ref(x, src_mask=mask)
     got = model.blocks[0].encoder(x)
     assert torch.allclose(got, want, atol=1e-5)
-
-
-def test_load_hfailab_state_dict_drops_masks():
-    torch.manual_seed(0)
-    cfg = small_cfg()
-    src = GPT(cfg)
-    sd = dict(src.state_dict())
-    for i in range(cfg.n_layer):
-        sd[f"blocks.{i}.mask"] = torch.ones(cfg.n_pos, cfg.n_pos, dtype=torch.bool).triu(1)
-    dst = GPT(cfg)
-    load_hfailab_state_dict(dst, sd)
-    cond, tok = torch.randn(2, cfg.cond_dim), torch.randint(0, cfg.vocab_size, (2, 5))
-    assert torch.equal(src.eval()(cond, tok), dst.eval()(cond, tok))
 
 
 def test_sequence_layout_and_causality():
