@@ -33,33 +33,12 @@ def _clean_variant(v) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
-def per_caption_values(per_caption: dict, system: str, metric: str, variant: str,
-                       splits: dict[int, str] | None = None) -> dict[int, dict[int, float]] | None:
-    """seed -> caption_id -> value for one table cell, or None when the run kept none.
-
-    Tries the key 'metric/variant'; for accuracy-like variants 'SPLIT/all' it falls back to the metric's own
-    per-caption key (all-correct per caption) restricted to the captions of SPLIT (needs `splits`, caption_id ->
-    split tag; 'all' needs nothing).
-    """
-    key = f"{metric}/{variant}" if variant else metric
-    if (system, key) in per_caption:
-        return per_caption[(system, key)]
-    if variant in ("", "all") and (system, metric) in per_caption:
-        return per_caption[(system, metric)]
-    group, _, attr = variant.partition("/")
-    if attr == "all" and (system, metric) in per_caption:
-        values = per_caption[(system, metric)]
-        if group == "all":
-            return values
-        if splits:
-            out = {s: {c: v for c, v in vals.items() if splits.get(c) == group} for s, vals in values.items()}
-            if all(len(v) >= 2 for v in out.values()):
-                return out
-    return None
+def per_caption_values(per_caption: dict, system: str, metric: str, variant: str) -> dict[int, dict[int, float]] | None:
+    """seed -> caption_id -> value for one table cell ('metric/variant', as the runner stores them), or None."""
+    return per_caption.get((system, f"{metric}/{variant}" if variant else metric))
 
 
-def cell_stats(df: pd.DataFrame, per_caption: dict, system: str, metric: str, variant: str,
-               splits: dict[int, str] | None = None) -> dict | None:
+def cell_stats(df: pd.DataFrame, per_caption: dict, system: str, metric: str, variant: str) -> dict | None:
     """{"mean", "half", "how", "source", "seeds"} for one cell; None when the system has no such row."""
     rows = df[(df["system"] == system) & (df["metric"] == metric)
               & (df["variant"].map(_clean_variant) == variant)]
@@ -70,7 +49,7 @@ def cell_stats(df: pd.DataFrame, per_caption: dict, system: str, metric: str, va
     out = {"mean": float(values.mean()), "half": math.nan, "how": "", "source": source, "seeds": len(values)}
     if source == "reported":
         return out
-    pc = per_caption_values(per_caption, system, metric, variant, splits)
+    pc = per_caption_values(per_caption, system, metric, variant)
     if pc:
         lo, hi = bootstrap_ci(pc)
         if math.isfinite(lo):
@@ -167,8 +146,10 @@ def comparisons(df: pd.DataFrame, per_caption: dict, fd_metric: str | None) -> l
     """The sentences the table prints: clipgen vs vqgan-clip (CLIP score, CapS, FD), clipgen vs clipgen-text
     (attribute / class accuracy), each only when both systems are in the run."""
     out = []
-    pairs = [("clipgen", "vqgan-clip", ["clip-score", "caps"], True),
-             ("clipgen", "clipgen-text", ["attribute-accuracy", "class-accuracy"], False)]
+    # per-caption keys are the table's columns (bench.runner.per_caption_columns)
+    pairs = [("clipgen", "vqgan-clip", ["clip-score", "caps/all"], True),
+             ("clipgen", "clipgen-text", [f"{m}/{split}/all" for m in ("attribute-accuracy", "class-accuracy")
+                                          for split in ("seen", "held-out")], False)]
     for name_a, name_b, keys, with_fd in pairs:
         for a in _aliases(df, name_a):
             for b in _aliases(df, name_b):
@@ -221,12 +202,10 @@ def _escape_latex(text: str) -> str:
     return text
 
 
-def paper_table(df: pd.DataFrame, per_caption: dict | None = None, latex: bool = False,
-                splits: dict[int, str] | None = None) -> str:
+def paper_table(df: pd.DataFrame, per_caption: dict | None = None, latex: bool = False) -> str:
     """The comparison table (markdown, or LaTeX with booktabs), with notes, citations and paired statements.
 
-    df: the long results frame (bench.results.COLUMNS); per_caption: bench.results.load_per_caption(run_dir);
-    splits: caption_id -> split tag, to bootstrap the seen / held-out accuracy columns over captions.
+    df: the long results frame (bench.results.COLUMNS); per_caption: bench.results.load_per_caption(run_dir).
     """
     per_caption = per_caption or {}
     if df.empty:
@@ -244,7 +223,7 @@ def paper_table(df: pd.DataFrame, per_caption: dict | None = None, latex: bool =
             citations.append(f"{REPORTED_MARK}{len(citations) + 1} {system}: {rows['citation'].iloc[0]}")
             name = f"{system} (reported{REPORTED_MARK}{len(citations)})"
         uses = "yes" if bool(rows["uses_captions"].iloc[0]) else "no"
-        cells = [_cell_text(cell_stats(df, per_caption, system, m, v, splits), pm) for _, m, v in cols]
+        cells = [_cell_text(cell_stats(df, per_caption, system, m, v), pm) for _, m, v in cols]
         body.append([name, uses] + cells)
 
     notes = [f"Measured: mean ± half-width of a 95% interval over seeds and captions (caption bootstrap); "

@@ -41,8 +41,8 @@ def run():
     df = pd.DataFrame(rows, columns=COLUMNS)
     per_caption = {("clipgen-lf", "clip-score"): _per_caption(rng, 25.0),
                    ("vqgan-clip", "clip-score"): _per_caption(rng, 20.0),
-                   ("clipgen-lf", "attribute-accuracy"): _per_caption(rng, 0.6, spread=0.3),
-                   ("clipgen-text", "attribute-accuracy"): _per_caption(rng, 0.6, spread=0.3)}
+                   ("clipgen-lf", "attribute-accuracy/seen/all"): _per_caption(rng, 0.6, spread=0.3),
+                   ("clipgen-text", "attribute-accuracy/seen/all"): _per_caption(rng, 0.6, spread=0.3)}
     return df, per_caption
 
 
@@ -114,7 +114,7 @@ def test_table_prints_paired_statements(run):
     text = paper_table(df, pc)
     assert "clip-score: clipgen-lf beats vqgan-clip" in text
     assert "fd-effnet-lite0/blur=0: clipgen-lf beats vqgan-clip" in text and "seeds only" in text
-    assert "attribute-accuracy: no winner can be claimed between clipgen-lf and clipgen-text" in text
+    assert "attribute-accuracy/seen/all: no winner can be claimed between clipgen-lf and clipgen-text" in text
 
 
 def test_seed_comparison_t_interval(run):
@@ -127,12 +127,10 @@ def test_seed_comparison_t_interval(run):
     assert math.isclose(r["mean"], d.mean()) and math.isclose(r["hi"], d.mean() + half) and r["excludes_zero"]
 
 
-def test_fd_metric_preference_and_split_fallback():
+def test_fd_metric_preference_and_per_caption_lookup():
     rows = [_row("s", "s", "fd-clip", "blur=0", 5.0, 0), _row("s", "s", "fid", "blur=0", 9.0, 0)]
     text = paper_table(pd.DataFrame(rows, columns=COLUMNS))
     assert "| FID-0 |" in text and "FD-CLIP-0" not in text.splitlines()[0]
-    pc = {("s", "attribute-accuracy"): {0: {0: 1.0, 1: 0.0, 2: 1.0, 3: 1.0}}}
-    held = per_caption_values(pc, "s", "attribute-accuracy", "held-out/all", splits={0: "seen", 1: "held-out",
-                                                                                     2: "seen", 3: "held-out"})
-    assert held == {0: {1: 0.0, 3: 1.0}}
-    assert per_caption_values(pc, "s", "attribute-accuracy", "held-out/all") is None
+    pc = {("s", "attribute-accuracy/held-out/all"): {0: {1: 0.0, 3: 1.0}}}
+    assert per_caption_values(pc, "s", "attribute-accuracy", "held-out/all") == {0: {1: 0.0, 3: 1.0}}
+    assert per_caption_values(pc, "s", "attribute-accuracy", "seen/all") is None
