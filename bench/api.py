@@ -100,6 +100,10 @@ class RunContext:
 
 
 class Metric(Protocol):
+    """One fresh instance per (system, seed). The runner calls `start(ctx)` first when a metric defines it
+    (metrics that need a component stream with it instead of buffering), then `update` per batch, then
+    `compute` once. Per-caption values go into `ctx.per_caption[caption_id][metric_name]`."""
+
     def update(self, batch: SampleBatch) -> None: ...
 
     def compute(self, ctx: RunContext) -> list[MetricValue]: ...
