@@ -13,7 +13,6 @@ FD is one number per seed (not per caption): its comparison pairs seeds only, wi
 """
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -208,6 +207,7 @@ def paper_table(df: pd.DataFrame, per_caption: dict | None = None, latex: bool =
     df: the long results frame (bench.results.COLUMNS); per_caption: bench.results.load_per_caption(run_dir).
     """
     per_caption = per_caption or {}
+    df = df[~df["system_name"].astype(str).str.startswith("component:")]  # diagnostics of components, not models
     if df.empty:
         return "(no results)"
     fd, cols = _columns(df)
@@ -249,25 +249,3 @@ def paper_table(df: pd.DataFrame, per_caption: dict | None = None, latex: bool =
     if sentences:
         text += "\n\nPaired comparisons:\n" + "\n".join(f"- {s}" for s in sentences)
     return text + "\n"
-
-
-def paper_grid(run_dir, captions: dict[int, str], df: pd.DataFrame, seed: int = 0, max_captions: int = 8,
-               out_name: str = "paper_grid.png"):
-    """The sample grid (bench.report.sample_grid) with the measured systems in the table's order."""
-    from bench.report import sample_grid
-
-    systems = list(dict.fromkeys(df.loc[df["source"] == "measured", "system"]))
-    return sample_grid(run_dir, captions, systems, seed, max_captions=max_captions, out_name=out_name)
-
-
-def table_json(df: pd.DataFrame, per_caption: dict | None = None) -> str:
-    """The cells behind the table as JSON (for scripts): [{system, column, mean, half, how, source}]."""
-    per_caption = per_caption or {}
-    _, cols = _columns(df)
-    out = []
-    for system in dict.fromkeys(df["system"]):
-        for header, m, v in cols:
-            st = cell_stats(df, per_caption, system, m, v)
-            if st is not None:
-                out.append({"system": system, "column": header, **{k: st[k] for k in ("mean", "half", "how", "source")}})
-    return json.dumps(out, indent=1, default=float)

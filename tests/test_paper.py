@@ -38,6 +38,7 @@ def run():
                      citation="Ding et al. 2021, Table 1"))
     rows.append(_row("CogView", "reported", "fid", "blur=1", 19.4, -1, source="reported", uses=True,
                      citation="Ding et al. 2021, Table 1"))
+    rows.append(_row("[clip]", "component:clip", "modality-gap", "image-text-cosine", 0.98, -1))
     df = pd.DataFrame(rows, columns=COLUMNS)
     per_caption = {("clipgen-lf", "clip-score"): _per_caption(rng, 25.0),
                    ("vqgan-clip", "clip-score"): _per_caption(rng, 20.0),
@@ -61,6 +62,7 @@ def test_markdown_layout_marks_reported_rows(run):
     assert lf[1] == "no" and lf[2].startswith("31.00 ± ") and lf[2].endswith("‡")  # FD: seeds only
     assert lf[7].startswith("25.") and "‡" not in lf[7]  # CLIP score: caption bootstrap
     assert "Ding et al. 2021, Table 1" in text and "not comparable with published FID" in text
+    assert "[clip]" not in lines, "component diagnostics are not models"
 
 
 def test_interval_half_widths(run):
