@@ -1,4 +1,4 @@
-"""The comparison table in the papers' layout, paired comparisons, and the paper's sample grid.
+"""The comparison table in the papers' layout and the paired comparisons behind its claims.
 
     Model | trained on captions? | FD-0 | FD-1 | FD-2 | CapS | CLIP score | [accuracy seen | held-out] | img/s
 
