@@ -22,6 +22,7 @@ from importlib import import_module
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
@@ -60,12 +61,18 @@ def check_resources(suite: Suite) -> list[str]:
             ask(COMPONENTS, spec.kind, spec.train)
     for s in suite.systems:
         ask(SYSTEMS, s.name, s.args)
-        path = getattr(s.args, "path", None)
-        if isinstance(path, str):
-            missing.extend(_missing_path(path, f"system {s.alias!r}", f"systems.{s.alias}.args.path"))
+        for name, path in _path_args(s.args):  # every argument declared a path (registry metadata `path`)
+            missing.extend(_missing_path(path, f"system {s.alias!r}", f"systems.{s.alias}.args.{name}"))
     for m in suite.metrics:
         ask(METRICS, m.name, m.args)
     return list(dict.fromkeys(missing))
+
+
+def _path_args(args) -> list[tuple[str, str]]:
+    if not dataclasses.is_dataclass(args):
+        return []
+    return [(f.name, getattr(args, f.name)) for f in dataclasses.fields(args)
+            if f.metadata.get("path") and isinstance(getattr(args, f.name), str)]
 
 
 def _missing_path(path: str, what: str, key: str) -> list[str]:
@@ -86,7 +93,7 @@ def _png_bytes(image: torch.Tensor) -> bytes:
 
 def _load_png(path: Path) -> torch.Tensor:
     with Image.open(path) as im:
-        arr = torch.from_numpy(__import__("numpy").asarray(im.convert("RGB")).copy())
+        arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
     return arr.permute(2, 0, 1)  # [3,H,W]
 
 

@@ -5,6 +5,7 @@ No real weights or data exist here: the stand-ins have the HFAiLab checkpoint la
 untrained tiny open_clip models saved as folders, and the Inception is a random-init torch-fidelity
 network saved locally. What is under test is that the paper-scale suite loads and runs them all.
 """
+from pathlib import Path
 from unittest import mock
 
 import pandas as pd
@@ -20,7 +21,7 @@ from reference.configs import PAPER, with_overrides
 from reference.vqgan import VQGAN
 from test_loaders import RefGPT
 
-SUITE_DIR = __import__("pathlib").Path(__file__).resolve().parents[1] / "suites"
+SUITE_DIR = Path(__file__).resolve().parents[1] / "suites"
 
 
 def _inception(path):

@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from bench.api import MetricValue
 from bench.metrics.fd import FDArgs, FeatureMetric
 from bench.metrics.stats import FeatureStats
 from bench.registry import METRICS
