@@ -5,7 +5,7 @@ Three backends, one answer:
 
 - ``full``   : ||z||^2 - 2 z.e + ||e||^2 over the whole N x K matrix, then argmin
                (what taming-transformers does). The plain twin, used by tests.
-- ``torch``  : chunked over N, so the extra memory is O(chunk x K). It drops the
+- ``torch``  : chunked over N, so the extra memory is O(chunk x K + N x D). It drops the
                constant ||z||^2 and folds ||e||^2 into the matmul by augmenting
                z with a column of ones and e with a column of -||e||^2 / 2, so one
                GEMM yields z.e - ||e||^2/2 and an argmax finishes the job.
@@ -53,7 +53,7 @@ _U_FP32 = 2.0 ** -24
 FAST_RTOL = {"tf32": 4 * 2.0 ** -11, "bfloat16": 4 * 2.0 ** -8, "float16": 4 * 2.0 ** -11}
 
 # codebook entries per chunk for the torch backend: chunk rows = budget // K.
-# 2**21 fp32 = 8 MiB of scores (128 rows at K=16384; measured faster than 256 on a 2-core CPU): keeps peak extra memory under 1/8 of `full` (benchmarks/test_bench_vq.py).
+# 2**21 fp32 = 8 MiB of scores (128 rows at K=16384; measured faster than 96, 192 or 256 rows on a 2-core CPU): keeps peak extra memory under 1/8 of `full` (benchmarks/test_bench_vq.py).
 _TORCH_CHUNK_ELEMS = 2 ** 21
 _ARGMAX_BLOCK = 128
 
@@ -126,31 +126,32 @@ def _lookup_torch(z: Tensor, codebook: Tensor, chunk_size: int | None) -> tuple[
     # the whole row is several times slower on CPU)
     g = _ARGMAX_BLOCK if k >= 2 * _ARGMAX_BLOCK else k
     nb = -(-k // g)
-    k_pad = nb * g
-    # augmented codebook [K_pad, D+1]: rows (e, -||e||^2/2), and padding rows
-    # (0, -inf) that can never win; z chunks get a column of ones, so
-    # (z, 1) . (e, -||e||^2/2) = z.e - ||e||^2/2 = (||z||^2 - ||z - e||^2) / 2
-    e_aug = torch.zeros(k_pad, d + 1, dtype=e.dtype, device=e.device)
-    e_aug[:k, :d] = e
-    e_aug[:k, d] = torch.einsum("kd,kd->k", e, e).mul_(-0.5)  # no [K,D] temporary
-    e_aug[k:, d] = float("-inf")
+    # augmented operands, built once each with a single write: codebook rows
+    # (e, -||e||^2/2) plus padding rows (0, -inf) that can never win, and z rows
+    # (z, 1), so (z, 1) . (e, -||e||^2/2) = z.e - ||e||^2/2 = (||z||^2 - ||z - e||^2) / 2
+    # and one GEMM per chunk gives the scores (no per-chunk copies of z)
+    parts = [e, torch.einsum("kd,kd->k", e, e).mul_(-0.5)[:, None]]  # no [K,D] temporary
+    e_aug = torch.cat(parts, 1)
+    if nb * g > k:
+        pad = e.new_zeros(nb * g - k, d + 1)
+        pad[:, d] = float("-inf")
+        e_aug = torch.cat([e_aug, pad], 0)
     e_aug_t = e_aug.t()  # [D+1, K_pad]
+    z_aug = torch.cat([z, z.new_ones(n, 1)], 1)  # [N, D+1]: O(N x D), the size of the input
     rows = min(chunk, n)
-    z_aug = torch.empty(rows, d + 1, dtype=z.dtype, device=z.device)
-    z_aug[:, d] = 1.0
-    scores = torch.empty(rows, k_pad, dtype=z.dtype, device=z.device)
+    scores = torch.empty(rows, nb * g, dtype=z.dtype, device=z.device)
+    row_base = torch.arange(rows, device=z.device) * nb  # first block of each row in the flat view
     idx = torch.empty(n, dtype=torch.int64, device=z.device)
     best = torch.empty(n, dtype=z.dtype, device=z.device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         m = stop - start
-        z_aug[:m, :d] = z[start:stop]
-        s = torch.mm(z_aug[:m], e_aug_t, out=scores[:m])  # [m, K_pad]
-        blocks = s.view(m, nb, g)  # [m, nb, G]
-        block = blocks.amax(2).argmax(1)  # [m] first block holding the row max
-        inside = blocks[torch.arange(m, device=z.device), block]  # [m, G]
-        best[start:stop], pos = inside.max(1)  # ties: first position
-        idx[start:stop] = block * g + pos
+        s = torch.mm(z_aug[start:stop], e_aug_t, out=scores[:m])  # [m, K_pad]
+        block = s.view(m, nb, g).amax(2).argmax(1)  # [m] first block holding the row max
+        flat = block.add_(row_base[:m])
+        # ties inside the winning block: first position
+        torch.max(s.view(m * nb, g).index_select(0, flat), 1, out=(best[start:stop], idx[start:stop]))
+        idx[start:stop].add_(flat.sub_(row_base[:m]).mul_(g))
     # squared distance = ||z||^2 - 2 * max score
     dist = (z * z).sum(1).sub_(best.mul_(2.0)).clamp_min_(0.0)
     return idx, dist
