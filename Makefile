@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 export MALLOC_MMAP_THRESHOLD_ := 4294967296
 export MALLOC_TRIM_THRESHOLD_ := 68719476736
 export MALLOC_TOP_PAD_ := 1073741824
+# libgomp spinning at barriers: 10000 rounds keep 2-thread torch fast when another process competes (bench/cli.py).
+export GOMP_SPINCOUNT ?= 10000
 export HF_HUB_OFFLINE := 1
 
 .PHONY: venv quickstart test gates ci-baseline bench system-packages clean

@@ -10,20 +10,27 @@ import sys
 
 import click
 
-# glibc returns freed memory to the kernel eagerly; on these CPUs that made training
-# steps ~8x slower (page faults). The settings only act if present when the process
-# starts, so `main` re-executes itself once with them.
-ALLOCATOR_ENV = {
+# Settings that only act if present when the process starts, so `main` re-executes itself once with
+# them (a value the user already set is kept):
+# - glibc returns freed memory to the kernel eagerly; on these CPUs that made training steps ~8x slower
+#   (page faults; ../shared/NOTES-cpu-training.md);
+# - libgomp's threads spin 300,000 rounds at each barrier by default: with another busy process on a 2-core
+#   machine a descheduled thread keeps its partner spinning, and tiny-GPT training fell from 6.9 to 1.0
+#   steps/s. 10,000 rounds gave 2.9 steps/s under that load and the same 6.9 on a quiet machine
+#   (measured 2026-11-25; 1,000 rounds cost 8% when quiet).
+PROCESS_ENV = {
     "MALLOC_MMAP_THRESHOLD_": "4294967296",
     "MALLOC_TRIM_THRESHOLD_": "68719476736",
     "MALLOC_TOP_PAD_": "1073741824",
+    "GOMP_SPINCOUNT": "10000",
 }
 
 
-def ensure_allocator_env() -> None:
-    if all(os.environ.get(k) == v for k, v in ALLOCATOR_ENV.items()) or os.environ.get("BENCH_NO_REEXEC") == "1":
+def ensure_process_env() -> None:
+    missing = {k: v for k, v in PROCESS_ENV.items() if k not in os.environ}
+    if not missing or os.environ.get("BENCH_NO_REEXEC") == "1":
         return
-    env = {**os.environ, **ALLOCATOR_ENV, "BENCH_NO_REEXEC": "1"}  # never loop
+    env = {**os.environ, **missing, "BENCH_NO_REEXEC": "1"}  # never loop
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "bench", *sys.argv[1:]], env)
@@ -92,9 +99,9 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
 
     atomic_write_text(runner.out / "results.md", markdown(df, per_caption) + "\n")
     click.echo(f"\nall columns: {runner.out / 'results.md'}")
-    from bench.registry import DATASETS
+    from bench.datasets.base import build_dataset
 
-    dataset = DATASETS.get(suite.dataset.name).factory(suite.dataset.args)
+    dataset = build_dataset(suite.dataset)
     items = dataset.eval_captions()[: limit or None]
     grid = sample_grid(runner.out, {it.caption_id: it.caption for it in items}, [s.alias for s in suite.systems],
                        suite.generation.seeds[0])
@@ -212,14 +219,14 @@ def compare(run_dir, baseline_csv, tolerances) -> None:
 
 @cli.command()
 def info() -> None:
-    """Print the runtime settings bench runs with (allocator, threads, denormals, devices)."""
+    """Print the runtime settings bench runs with (allocator, OpenMP spinning, threads, devices)."""
     import torch
 
     from bench.build import default_threads
     from bench.cache import cache_dir
 
     torch.set_flush_denormal(True)
-    for k in ALLOCATOR_ENV:
+    for k in PROCESS_ENV:
         click.echo(f"{k}={os.environ.get(k, '(unset)')}")
     click.echo(f"threads={default_threads()}")
     click.echo(f"torch={torch.__version__} cuda_available={torch.cuda.is_available()}")
@@ -227,7 +234,7 @@ def info() -> None:
 
 
 def main() -> None:
-    ensure_allocator_env()
+    ensure_process_env()
     from bench.cli_convert import convert
     from bench.cli_data import data
 

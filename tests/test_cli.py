@@ -6,7 +6,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from bench.cli import ALLOCATOR_ENV, cli
+from bench.cli import PROCESS_ENV, cli
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,10 +43,13 @@ def test_ls_lists_every_registry_with_descriptions():
         assert f"  {name} " in result.output, name
 
 
-def test_bench_reexecs_itself_with_the_allocator_settings():
-    env = {k: v for k, v in os.environ.items() if k not in ALLOCATOR_ENV and k != "BENCH_NO_REEXEC"}
+def test_bench_reexecs_itself_with_the_process_settings_and_keeps_the_users_own():
+    env = {k: v for k, v in os.environ.items() if k not in PROCESS_ENV and k != "BENCH_NO_REEXEC"}
     proc = subprocess.run([sys.executable, "-m", "bench", "info"], capture_output=True, text=True, env=env,
                           timeout=120)
     assert proc.returncode == 0, proc.stderr
-    for key, value in ALLOCATOR_ENV.items():
+    for key, value in PROCESS_ENV.items():
         assert f"{key}={value}" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "bench", "info"], capture_output=True, text=True,
+                          env={**env, "GOMP_SPINCOUNT": "123"}, timeout=120)
+    assert "GOMP_SPINCOUNT=123" in proc.stdout and f"MALLOC_TOP_PAD_={PROCESS_ENV['MALLOC_TOP_PAD_']}" in proc.stdout
