@@ -20,7 +20,7 @@ import torch
 
 from bench.build import Builder
 from bench.cache import cache_dir
-from bench.registry import DATASETS
+from bench.datasets.base import build_dataset
 from bench.suite import load_suite
 
 EXPORTS = ("clip", "clip-eval", "vqgan", "judge", "captioner")
@@ -53,7 +53,7 @@ def export(recipe: str, out: str) -> Path:
     from bench.components.judge import save_judge
 
     suite = load_suite(recipe)
-    dataset = DATASETS.get(suite.dataset.name).factory(suite.dataset.args)
+    dataset = build_dataset(suite.dataset)
     builder = Builder(suite, dataset, "cpu", str(cache_dir()))
     _, captions, _ = dataset.pairs()
     out = Path(out)

@@ -8,7 +8,8 @@ component) before anything heavy runs. Field metadata understood by the loader:
   choices: allowed values
   component: the value names a declared component of this kind ("clip", "vqgan", ...)
   system: the value names another system alias in the suite
-  path: the value is a file path; relative paths are taken from the suite file's folder
+  path: the value is a file path; relative paths are taken from the suite file's folder (True: a bare
+        word without / or . is left alone, it may name a model; "dir": always a folder path)
 
 Third-party packages add entries through the entry-point group
 `clipgen_bench.plugins`: each entry point is a module (or callable) that

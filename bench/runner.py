@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from bench.api import CaptionItem, RunContext, SampleBatch, TimingRecord, UserError
 from bench.build import Builder, default_threads
 from bench.cache import atomic_write_bytes, cache_dir
+from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 from bench.results import Results, measured_row
 from bench.suite import Suite
@@ -53,6 +54,8 @@ def check_resources(suite: Suite) -> list[str]:
             missing.extend(fn(args))
 
     ask(DATASETS, suite.dataset.name, suite.dataset.args)
+    if suite.dataset.train_source is not None:
+        ask(DATASETS, suite.dataset.train_source.name, suite.dataset.train_source.args)
     for spec in suite.components.values():
         if spec.path is not None:
             missing.extend(_missing_path(spec.path.rpartition("@")[2], f"component {spec.name!r} ({spec.kind})",
@@ -166,7 +169,7 @@ class Runner:
             shutil.rmtree(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "suite.resolved.json").write_text(json.dumps(self.suite.resolved, indent=1, default=str))
-        dataset = DATASETS.get(self.suite.dataset.name).factory(self.suite.dataset.args)
+        dataset = build_dataset(self.suite.dataset)
         builder = Builder(self.suite, dataset, self.device, self.cache)
         items = dataset.eval_captions()
         if self.limit is not None:
@@ -179,13 +182,13 @@ class Runner:
     def generate_all(self, systems: dict, items: list[CaptionItem]) -> None:
         mine = [it for i, it in enumerate(items) if i % self.world == self.rank]
         for alias, system in systems.items():
-            for seed in self.suite.generation.seeds:
+            for seed in self.suite.seeds_of(alias):
                 self.generate(alias, system, mine, seed)
 
     def measure(self, builder: Builder, dataset, items: list[CaptionItem], systems: dict) -> Results:
         results = Results(self.suite, self.device)
         for spec in self.suite.systems:
-            for seed in self.suite.generation.seeds:
+            for seed in self.suite.seeds_of(spec.alias):
                 results.extend(self.evaluate(spec, systems[spec.alias], builder, dataset, items, seed))
         results.extend(self.component_diagnostics(builder, dataset, items))
         results.add_reported()

@@ -43,6 +43,8 @@ class GenerationSpec:
 class DatasetSpec:
     name: str
     args: Any  # the dataset's args dataclass
+    # where the image-only training set comes from instead (e.g. an imagefolder); evaluation stays on `name`
+    train_source: "DatasetSpec | None" = None
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,7 @@ class SystemSpec:
     name: str
     alias: str
     args: Any  # the system's args dataclass (or None)
+    seeds: tuple[int, ...] | None = None  # a subset of generation.seeds for a costly system; None: all of them
 
 
 @dataclass(frozen=True)
@@ -92,6 +95,10 @@ class Suite:
             if s.alias == alias:
                 return s
         raise KeyError(alias)
+
+    def seeds_of(self, alias: str) -> tuple[int, ...]:
+        """The seeds this system generates with: its own `seeds:` or the suite's."""
+        return self.system(alias).seeds or self.generation.seeds
 
     def hash(self) -> str:
         return hashlib.sha256(json.dumps(self.resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -357,14 +364,15 @@ class _Checker:
             if "choices" in meta and value not in meta["choices"]:
                 self.fail(path, f"got {value!r}; allowed: {', '.join(meta['choices'])}")
             if meta.get("path"):
-                return self.resolve_path(value, path)
+                return self.resolve_path(value, path, folder=meta["path"] == "dir")
             return value
         self.fail(path, f"unsupported argument type {tp!r} (a bug in the registered args class)")
 
-    def resolve_path(self, value: str, path: tuple) -> str:
+    def resolve_path(self, value: str, path: tuple, folder: bool = False) -> str:
         """Expand ~ and $VARS; a relative path is relative to the suite file that wrote it.
 
-        `NAME@PATH` (an open_clip architecture and its weights file) resolves the PATH part.
+        `NAME@PATH` (an open_clip architecture and its weights file) resolves the PATH part. A bare word
+        without `/` or `.` stays as written (it may name a model), unless the argument is a `folder`.
         """
         import os
 
@@ -372,7 +380,7 @@ class _Checker:
         prefix, sep, rest = value.rpartition("@") if "@" in value else ("", "", value)
         origin, _ = self.loc.get(path, (self.file, 1))
         unset = "$" in rest  # an environment variable that is not set: leave it for the resource check to name
-        if rest and not unset and not os.path.isabs(rest) and not origin.startswith("--set") and ("/" in rest or "." in rest):
+        if rest and not unset and not os.path.isabs(rest) and not origin.startswith("--set") and (folder or "/" in rest or "." in rest):
             rest = str((Path(origin).parent / rest).resolve())
         return prefix + sep + rest
 
@@ -414,10 +422,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     if isinstance(data["version"], bool) or not isinstance(data["version"], int) or data["version"] < 1:
         c.fail(("version",), f"expected a positive integer, got {_describe(data['version'])}")
 
-    ds = c.mapping(data["dataset"], ("dataset",), _dataset_keys(data["dataset"], c), required=("name",))
-    ds_name = c.registered(DATASETS, ds["name"], ("dataset", "name"))
-    ds_args = c.dataclass_from(DATASETS.get(ds_name).args, {k: v for k, v in ds.items() if k != "name"},
-                               ("dataset",), f"dataset {ds_name}")
+    dataset = _dataset_spec(c, data["dataset"], ("dataset",), inherit={})
 
     generation = c.dataclass_from(GenerationSpec, data.get("generation", {}), ("generation",), "generation")
 
@@ -446,7 +451,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     aliases: set[str] = set()
     for i, entry in enumerate(raw_systems):
         p = ("systems", i)
-        entry = c.mapping(entry, p, ("name", "alias", "args"), required=("name",))
+        entry = c.mapping(entry, p, ("name", "alias", "args", "seeds"), required=("name",))
         name = c.registered(SYSTEMS, entry["name"], p + ("name",))
         alias = entry.get("alias", name)
         if not isinstance(alias, str) or not alias:
@@ -455,7 +460,13 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             c.fail(p + ("alias",), f"alias {alias!r} used twice; give each system a distinct alias:")
         aliases.add(alias)
         args = c.dataclass_from(SYSTEMS.get(name).args, entry.get("args"), p + ("args",), f"system {name}")
-        systems.append(SystemSpec(name, alias, args))
+        seeds = None
+        if "seeds" in entry:
+            seeds = c.coerce(entry["seeds"], tuple[int, ...], {"min": 0}, p + ("seeds",))
+            if not seeds or len(set(seeds)) != len(seeds) or not set(seeds) <= set(generation.seeds):
+                c.fail(p + ("seeds",), f"expected distinct seeds out of generation.seeds {list(generation.seeds)}, "
+                                       f"got {list(seeds)}")
+        systems.append(SystemSpec(name, alias, args, seeds))
     if not systems:
         c.fail(("systems",), "the suite declares no systems")
 
@@ -482,11 +493,33 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             _check_refs(c, comp.train, ("components", name, "train"), components, aliases)
 
     return Suite(suite=data["suite"], version=data["version"], path=str(path), description=data.get("description", ""),
-                 dataset=DatasetSpec(ds_name, ds_args), generation=generation, components=components,
+                 dataset=dataset, generation=generation, components=components,
                  systems=tuple(systems), metrics=tuple(metrics), reported=reported, resolved=data)
 
 
-def _dataset_keys(ds: Any, c: _Checker) -> tuple[str, ...]:
+def _dataset_spec(c: _Checker, raw: Any, path: tuple, inherit: dict) -> DatasetSpec:
+    """`dataset:` (path ("dataset",)) or its `train_source:`, which inherits the dataset's resolution."""
+    outer = path == ("dataset",)
+    extra = ("train_source",) if outer else ()
+    ds = c.mapping(raw, path, _dataset_keys(raw) + extra, required=("name",))
+    name = c.registered(DATASETS, ds["name"], path + ("name",))
+    values = {k: v for k, v in ds.items() if k not in ("name", "train_source")}
+    args_cls = DATASETS.get(name).args
+    fields = {f.name for f in dataclasses.fields(args_cls)} if args_cls else set()
+    values.update({k: v for k, v in inherit.items() if k in fields and k not in values})
+    args = c.dataclass_from(args_cls, values, path, f"dataset {name}")
+    source = None
+    if outer and ds.get("train_source") is not None:
+        resolution = getattr(args, "resolution", None)
+        source = _dataset_spec(c, ds["train_source"], path + ("train_source",),
+                               inherit={"resolution": resolution} if resolution is not None else {})
+        if getattr(source.args, "resolution", resolution) != resolution:
+            c.fail(path + ("train_source", "resolution"), f"must equal the dataset's resolution {resolution} "
+                                                          "(or be left out: it is inherited)")
+    return DatasetSpec(name, args, source)
+
+
+def _dataset_keys(ds: Any) -> tuple[str, ...]:
     if not isinstance(ds, dict) or "name" not in ds or not isinstance(ds["name"], str) or ds["name"] not in DATASETS:
         return tuple(ds) if isinstance(ds, dict) else ("name",)
     args = DATASETS.get(ds["name"]).args

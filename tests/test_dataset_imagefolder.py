@@ -121,3 +121,41 @@ def test_with_train_source(tmp_path):
     assert both.identity()["train_source"] == folder.identity()
     with pytest.raises(UserError, match="resolution"):
         WithTrainSource(_Captioned(), ImageFolder(ImageFolderArgs(root=str(tmp_path), resolution=32)))
+
+
+@pytest.mark.slow
+def test_a_suite_trains_vqgan_and_gpt_on_an_image_folder_and_evaluates_on_shapes(tmp_path, capsys):
+    import json
+
+    from click.testing import CliRunner
+
+    from bench.cli import cli
+
+    folder = tmp_path / "images" / "n01"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i in range(24):
+        Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
+    suite = tmp_path / "folder.yaml"
+    suite.write_text(
+        "suite: folder\nversion: 1\n"
+        "dataset: {name: shapes, resolution: 32, num_captions: 4, train_size: 64, pairs_size: 64,\n"
+        "          train_source: {name: imagefolder, root: images}}\n"
+        "generation: {batch_size: 4, warmup: false}\n"
+        "components:\n"
+        "  clip: {kind: clip, train: {preset: tiny, steps: 2, batch_size: 16}}\n"
+        "  vqgan: {kind: vqgan, train: {preset: tiny, steps: 2, batch_size: 4}}\n"
+        "systems:\n"
+        "  - {name: clipgen, args: {clip: clip, vqgan: vqgan, train: {preset: tiny, steps: 2, batch_size: 4}}}\n"
+        "  - {name: retrieval, args: {clip: clip}}\n"
+        "metrics: [{name: throughput}]\n")
+    cache = tmp_path / "cache"
+    result = CliRunner().invoke(cli, ["run", str(suite), "--out", str(tmp_path / "run"), "--quiet"],
+                                env={"BENCH_CACHE": str(cache)})
+    assert result.exit_code == 0, result.output
+    assert "training VQGAN (tiny) on 24 images" in result.output + capsys.readouterr().out
+    keys = {p.parent.parent.name: json.loads(p.read_text()) for p in cache.glob("*/*/key.json")}
+    for kind in ("vqgan", "clipgen-gpt"):
+        source = keys[kind]["key"]["dataset"]["train_source"]
+        assert source["name"] == "imagefolder" and source["count"] == 24 and source["resolution"] == 32
+    assert len(list((tmp_path / "run" / "samples" / "clipgen" / "seed0").glob("*.png"))) == 4

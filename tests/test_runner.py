@@ -135,3 +135,22 @@ def test_limit_and_resume_only_generate_missing(tmp_path):
 def test_caption_seed_is_stable_and_distinct():
     assert caption_seed(0, 1) == caption_seed(0, 1)
     assert len({caption_seed(s, c) for s in range(3) for c in range(100)}) == 300
+
+
+def test_a_system_with_its_own_seeds_generates_and_is_measured_only_for_those(tmp_path):
+    p = tmp_path / "seeds.yaml"
+    p.write_text("""suite: seeds
+version: 1
+dataset: {name: shapes, resolution: 16, num_captions: 8, train_size: 1, pairs_size: 1}
+generation: {batch_size: 8, seeds: [0, 3, 5], warmup: false}
+systems: [{name: real-images}, {name: noise, seeds: [3]}]
+metrics: [{name: throughput}]
+""")
+    suite = load_suite(p)
+    assert suite.seeds_of("noise") == (3,) and suite.seeds_of("real-images") == (0, 3, 5)
+    Runner(suite, out_dir=tmp_path / "r", progress=False).run()
+    assert sorted(d.name for d in (tmp_path / "r" / "samples" / "noise").iterdir()) == ["seed3"]
+    assert len(list((tmp_path / "r" / "samples" / "real-images").iterdir())) == 3
+    df = pd.read_csv(tmp_path / "r" / "results.csv")
+    assert set(df[df["system"] == "noise"]["seed"]) == {3}
+    assert set(df[df["system"] == "real-images"]["seed"]) == {0, 3, 5}

@@ -118,3 +118,14 @@ def test_relative_paths_are_taken_from_the_suite_folder(tmp_path, monkeypatch):
     assert s.components["vqgan"].path == str(tmp_path / "elsewhere" / "v")
     assert s.components["clip"].path == "ViT-B-32@" + str(sub / "weights" / "b32.pt")
     assert s.system("clipgen").args.path == str(tmp_path / "ckpt" / "gpt")
+
+
+def test_train_source_inherits_resolution_and_resolves_its_root_from_the_suite_folder(tmp_path):
+    (tmp_path / "s.yaml").write_text("suite: t\nversion: 1\n"
+                                     "dataset: {name: shapes, resolution: 16, train_source: {name: imagefolder, root: imgs}}\n"
+                                     "systems: [{name: noise}]\n")
+    suite = load_suite(tmp_path / "s.yaml")
+    source = suite.dataset.train_source
+    assert suite.dataset.name == "shapes" and source.name == "imagefolder"
+    assert source.args.resolution == 16 and source.args.root == str((tmp_path / "imgs").resolve())
+    assert load_suite(SUITES / "quickstart.yaml").dataset.train_source is None

@@ -44,3 +44,15 @@ class Dataset(ABC):
     def attributes(self) -> dict[str, list[str]]:
         """Attribute name -> its values, for judges (empty for datasets without attributes)."""
         return {}
+
+
+def build_dataset(spec) -> Dataset:
+    """The suite's `dataset:` (a `bench.suite.DatasetSpec`) as a Dataset; with a `train_source:` the image-only
+    training set comes from that source (`WithTrainSource`) and evaluation stays on the captioned dataset."""
+    from bench.datasets.imagefolder import WithTrainSource
+    from bench.registry import DATASETS
+
+    dataset = DATASETS.get(spec.name).factory(spec.args)
+    if spec.train_source is None:
+        return dataset
+    return WithTrainSource(dataset, build_dataset(spec.train_source))

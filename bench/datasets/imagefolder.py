@@ -9,7 +9,9 @@ It has no captions, so it cannot be evaluated on: `eval_captions`, `pairs`,
 on a folder and evaluate on a captioned dataset, wrap the two with
 `WithTrainSource(eval_dataset, ImageFolder(...))`: everything comes from the
 captioned dataset except `train_images` / `iter_train_images`, which come from
-the folder (and the folder's identity joins the cache key).
+the folder (and the folder's identity joins the cache key). A suite says so with
+`dataset: {name: shapes, ..., train_source: {name: imagefolder, root: DIR}}`
+(the source inherits the dataset's resolution).
 
 The image helpers here (`list_images`, `load_image`, `iter_image_batches`) are
 shared with the MS-COCO dataset.
@@ -110,7 +112,8 @@ def stack_or_refuse(paths: Sequence[str], resolution: int, what: str, hint: str,
 
 @dataclass(frozen=True)
 class ImageFolderArgs:
-    root: str = field(default="", metadata={"help": "folder tree of images (required), e.g. ImageNet train/"})
+    root: str = field(default="", metadata={"help": "folder tree of images (required), e.g. ImageNet train/",
+                                            "path": "dir"})
     resolution: int = field(default=64, metadata={"help": "images are centre-cropped and resized to this", "min": 8, "max": 1024})
     num_captions: int = field(default=0, metadata={"help": "unused: an image folder has no captions", "min": 0, "max": 0})
     seed: int = field(default=0, metadata={"help": "shuffles the image order (fixed per seed)"})

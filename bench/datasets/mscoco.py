@@ -44,7 +44,8 @@ class CocoArgs:
     resolution: int = field(default=256, metadata={"help": "centre crop, then resize to this", "min": 8, "max": 1024})
     num_captions: int = field(default=30000, metadata={"help": "eval captions, one per distinct val image", "min": 1})
     seed: int = field(default=0, metadata={"help": "fixes the drawn images and captions"})
-    root: str = field(default="", metadata={"help": f"COCO root with annotations/ and val2014/ (default ${ENV_ROOT})"})
+    root: str = field(default="", metadata={"help": f"COCO root with annotations/ and val2014/ (default ${ENV_ROOT})",
+                                            "path": "dir"})
     eval_split: str = field(default="val2014", metadata={"help": "where eval captions and reference images come from", "choices": EVAL_SPLITS})
     train_split: str = field(default="train2014", metadata={"help": "image-only training set; val-rest = val images outside the reference set", "choices": TRAIN_SPLITS})
     max_train_images: int = field(default=0, metadata={"help": "use at most this many training images (0 = all)", "min": 0})
