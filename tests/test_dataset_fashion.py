@@ -15,6 +15,7 @@ from bench.datasets.fashion_mnist import (CLASSES, DEBIAN_PATH, HELD_OUT_TEMPLAT
 from bench.registry import DATASETS
 
 N_TRAIN, N_TEST = 60, 40
+N_PAIRS = 20  # the last 20 train images are the captioned pairs; the first 40 the image-only train set
 
 
 def write_idx(path: str, array: np.ndarray, gz: bool) -> None:
@@ -51,7 +52,7 @@ def fdir(tmp_path):
 
 
 def ds(path, **kw) -> FashionMNIST:
-    kw = {"resolution": 32, "num_captions": 40, "num_reference": 20, **kw}
+    kw = {"resolution": 32, "num_captions": 40, "num_reference": 20, "num_pairs": N_PAIRS, **kw}
     return make_fashion_mnist(FashionArgs(path=path, **kw))
 
 
@@ -96,17 +97,17 @@ def test_missing_resources_lines(tmp_path):
 def test_images_are_rgb_uint8_at_resolution(fdir):
     d = ds(fdir, resolution=56)
     x = d.train_images()
-    assert x.shape == (N_TRAIN, 3, 56, 56) and x.dtype == torch.uint8
+    assert x.shape == (N_TRAIN - N_PAIRS, 3, 56, 56) and x.dtype == torch.uint8
     assert torch.equal(x[:, 0], x[:, 1]) and torch.equal(x[:, 1], x[:, 2])
     batches = list(d.iter_train_images(batch_size=25))
-    assert [len(b) for b in batches] == [25, 25, 10] and torch.equal(torch.cat(batches), x)
+    assert [len(b) for b in batches] == [25, 15] and torch.equal(torch.cat(batches), x)
     assert ds(fdir, resolution=28).train_images().shape[-1] == 28
 
 
 def test_upsampling_keeps_content(fdir):
     raw = read_idx(find_files(fdir)["train-images"], 0x803)
     x = ds(fdir, resolution=56, resize="nearest").train_images()
-    assert torch.equal(x[:, 0, ::2, ::2], torch.from_numpy(raw))  # 2x nearest: every other pixel is the original
+    assert torch.equal(x[:, 0, ::2, ::2], torch.from_numpy(raw[: N_TRAIN - N_PAIRS]))  # 2x nearest: every other pixel is the original
 
 
 def test_eval_captions(fdir):
@@ -128,13 +129,26 @@ def test_eval_captions(fdir):
 
 def test_pairs_use_seen_templates_and_true_labels(fdir):
     images, captions, info = ds(fdir).pairs()
-    assert images.shape == (N_TRAIN, 3, 32, 32) and len(captions) == len(info) == N_TRAIN
+    assert images.shape == (N_PAIRS, 3, 32, 32) and len(captions) == len(info) == N_PAIRS
     for img, cap, inf in zip(images, captions, info):
         assert inf["template"] in SEEN_TEMPLATES and inf["split"] == "seen"
         assert CLASSES[label_of(img)] == inf["class"]
         assert cap.endswith(inf["class"].replace("trouser", "trousers"))
     sub_images, sub_captions, _ = ds(fdir, num_pairs=10).pairs()
     assert len(sub_images) == len(sub_captions) == 10
+
+
+def test_pairs_are_held_apart_from_the_image_only_train_set(tmp_path):
+    make_fashion_dir(str(tmp_path), n_train=N_TRAIN)
+    distinct = np.arange(N_TRAIN)[:, None, None] * np.ones((1, 28, 28), dtype=np.int64)  # image i is filled with i
+    write_idx(str(tmp_path / "train-images-idx3-ubyte"), distinct, gz=True)
+    d = ds(str(tmp_path), resolution=28)
+    train = {int(v) for v in d.train_images()[:, 0, 0, 0]}
+    pairs = {int(v) for v in d.pairs()[0][:, 0, 0, 0]}
+    assert train == set(range(N_TRAIN - N_PAIRS)) and pairs == set(range(N_TRAIN - N_PAIRS, N_TRAIN))
+    assert sum(len(b) for b in d.iter_train_images(batch_size=7)) == N_TRAIN - N_PAIRS
+    with pytest.raises(UserError, match="num_pairs=60 leaves no image-only train images"):
+        ds(str(tmp_path), num_pairs=60).train_images()
 
 
 def test_reference_and_real_images_are_disjoint_test_images(tmp_path):
@@ -190,7 +204,7 @@ def test_env_path_and_download_fallback(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "FashionMNIST", FakeTV)
     assert missing_resources(FashionArgs()) != [] and missing_resources(FashionArgs(download=True)) == []
-    d = make_fashion_mnist(FashionArgs(download=True, num_reference=20))
+    d = make_fashion_mnist(FashionArgs(download=True, num_reference=20, num_pairs=10))
     assert d.arrays()["train-images"].shape == (30, 28, 28)
     assert calls[0][0] == str(tmp_path / "cache" / "datasets" / "fashion-mnist") and calls[0][2] is True
 
@@ -207,12 +221,12 @@ def test_env_path_and_download_fallback(tmp_path, monkeypatch):
 @pytest.mark.skipif(find_files(DEBIAN_PATH) is None,
                     reason=f"Debian package dataset-fashion-mnist not installed ({DEBIAN_PATH} absent)")
 def test_real_debian_files():
-    d = FashionMNIST(FashionArgs(resolution=32, num_captions=20, train_limit=1000))
+    d = FashionMNIST(FashionArgs(resolution=32, num_captions=20, train_limit=1000, num_pairs=200))
     assert missing_resources(FashionArgs()) == []
     arrays = d.arrays()
     assert arrays["test-images"].shape == (10000, 28, 28) and arrays["train-images"].shape == (1000, 28, 28)
     assert np.bincount(arrays["test-labels"], minlength=10).tolist() == [1000] * 10
     x = d.train_images()
-    assert x.shape == (1000, 3, 32, 32) and 0.15 < x.float().mean().item() / 255 < 0.5  # dark backgrounds, bright garments
+    assert x.shape == (800, 3, 32, 32) and 0.15 < x.float().mean().item() / 255 < 0.5  # dark backgrounds, bright garments
     real = d.real_images(d.eval_captions(), list(range(20)))
     assert real.shape == (20, 3, 32, 32)

@@ -8,8 +8,10 @@ A directory may hold the IDX files gzipped or not, directly or under `raw/`
 or `FashionMNIST/raw/` (torchvision's layout).
 
 Roles of the splits:
-  train_images         the 60k train images (no captions)
-  pairs                train images, each with one caption from a *seen* template
+  train_images         the train images outside the pairs (48k by default; no captions)
+  pairs                the last `num_pairs` train images (12k by default), each with one caption from a
+                       *seen* template; held apart from train_images, so a judge or CLIP trained on the pairs
+                       never saw a candidate of the `retrieval` baseline (which draws from train_images)
   reference images     `num_reference` test images (a seeded subset)
   real_images          test images of the caption's class, outside the reference subset
   eval_captions        balanced over the 10 classes; a `held_out_fraction` of them use
@@ -67,12 +69,14 @@ class FashionArgs:
     resolution: int = field(default=32, metadata={"help": "images are resized from 28px to this", "min": 8, "max": 1024})
     num_captions: int = field(default=1000, metadata={"help": "eval captions, balanced over the 10 classes", "min": 1})
     seed: int = field(default=0, metadata={"help": "fixes caption templates, subsets and real-image picks"})
-    path: str = field(default="", metadata={"help": f"folder with the IDX files (default ${ENV_PATH}, then {DEBIAN_PATH})"})
+    path: str = field(default="", metadata={"help": f"folder with the IDX files (default ${ENV_PATH}, then {DEBIAN_PATH})",
+                                            "path": "dir"})
     download: bool = field(default=False, metadata={"help": "if no files are found, download with torchvision (needs network)"})
     held_out_fraction: float = field(default=0.5, metadata={"help": "share of eval captions using held-out templates", "min": 0.0, "max": 1.0})
     num_reference: int = field(default=5000, metadata={"help": "test images behind the reference statistics; the rest feed real_images", "min": 10, "max": 9990})
-    train_limit: int = field(default=0, metadata={"help": "use only the first N train images (0 = all 60,000)", "min": 0})
-    num_pairs: int = field(default=0, metadata={"help": "captioned pairs from the train images (0 = one per train image)", "min": 0})
+    train_limit: int = field(default=0, metadata={"help": "use only the first N train images, pairs included (0 = all 60,000)", "min": 0})
+    num_pairs: int = field(default=12000, metadata={"help": "captioned pairs: the last N train images, held apart "
+                                                             "from the image-only train_images", "min": 1})
     resize: str = field(default="bilinear", metadata={"help": "upsampling filter", "choices": ["bilinear", "bicubic", "nearest"]})
 
 
@@ -204,6 +208,10 @@ class FashionMNIST(Dataset):
             if self.args.train_limit:
                 arrays["train-images"] = arrays["train-images"][: self.args.train_limit]
                 arrays["train-labels"] = arrays["train-labels"][: self.args.train_limit]
+            n_train = len(arrays["train-images"])
+            if self.args.num_pairs >= n_train:
+                raise UserError(f"num_pairs={self.args.num_pairs} leaves no image-only train images (the train split "
+                                f"has {n_train}{' after train_limit' if self.args.train_limit else ''}): lower num_pairs")
             n_test = len(arrays["test-images"])
             if self.args.num_reference >= n_test:
                 raise UserError(f"num_reference={self.args.num_reference} leaves no test images for real_images "
@@ -238,7 +246,7 @@ class FashionMNIST(Dataset):
         a = self.args
         return {"name": self.name, "resolution": a.resolution, "seed": a.seed, "num_captions": a.num_captions,
                 "held_out_fraction": a.held_out_fraction, "num_reference": a.num_reference,
-                "train_limit": a.train_limit, "num_pairs": a.num_pairs, "resize": a.resize,
+                "train_limit": a.train_limit, "num_pairs": a.num_pairs, "pairs_split": "last-num_pairs-of-train", "resize": a.resize,
                 "templates_sha": _templates_sha()}
 
     def attributes(self) -> dict[str, list[str]]:
@@ -261,11 +269,14 @@ class FashionMNIST(Dataset):
             self._captions = items
         return self._captions
 
+    def _pairs_start(self) -> int:
+        return len(self.arrays()["train-images"]) - self.args.num_pairs
+
     def train_images(self) -> Tensor:
-        return self.to_rgb(self.arrays()["train-images"])
+        return self.to_rgb(self.arrays()["train-images"][: self._pairs_start()])
 
     def iter_train_images(self, batch_size: int = 256) -> Iterator[Tensor]:
-        imgs = self.arrays()["train-images"]
+        imgs = self.arrays()["train-images"][: self._pairs_start()]
         for start in range(0, len(imgs), batch_size):
             yield self.to_rgb(imgs[start:start + batch_size])
 
@@ -273,8 +284,7 @@ class FashionMNIST(Dataset):
         arrays = self.arrays()
         imgs, labels = arrays["train-images"], arrays["train-labels"]
         rng = np.random.default_rng([self.args.seed, 2])
-        n = self.args.num_pairs or len(imgs)
-        idx = np.arange(len(imgs)) if n >= len(imgs) else np.sort(rng.choice(len(imgs), n, replace=False))
+        idx = np.arange(self._pairs_start(), len(imgs))
         captions, info = [], []
         for i in idx:
             label = int(labels[i])
