@@ -53,9 +53,8 @@ _U_FP32 = 2.0 ** -24
 FAST_RTOL = {"tf32": 4 * 2.0 ** -11, "bfloat16": 4 * 2.0 ** -8, "float16": 4 * 2.0 ** -11}
 
 # codebook entries per chunk for the torch backend: chunk rows = budget // K.
-# 2**22 fp32 = 16 MiB of scores (256 rows at K=16384; 128 and 512 rows were slower on a 2-core CPU):
-# keeps peak extra memory under 1/8 of `full` (benchmarks/test_bench_vq.py).
-_TORCH_CHUNK_ELEMS = 2 ** 22
+# 2**21 fp32 = 8 MiB of scores (128 rows at K=16384; measured faster than 96, 192 or 256 rows on a 2-core CPU): keeps peak extra memory under 1/8 of `full` (benchmarks/test_bench_vq.py).
+_TORCH_CHUNK_ELEMS = 2 ** 21
 _ARGMAX_BLOCK = 128
 
 
@@ -129,30 +128,30 @@ def _lookup_torch(z: Tensor, codebook: Tensor, chunk_size: int | None) -> tuple[
     nb = -(-k // g)
     # augmented operands, built once each with a single write: codebook rows
     # (e, -||e||^2/2) plus padding rows (0, -inf) that can never win, and z rows
-    # (z, 1), so (e, -||e||^2/2) . (z, 1) = z.e - ||e||^2/2 = (||z||^2 - ||z - e||^2) / 2
+    # (z, 1), so (z, 1) . (e, -||e||^2/2) = z.e - ||e||^2/2 = (||z||^2 - ||z - e||^2) / 2
+    # and one GEMM per chunk gives the scores (no per-chunk copies of z)
     parts = [e, torch.einsum("kd,kd->k", e, e).mul_(-0.5)[:, None]]  # no [K,D] temporary
     e_aug = torch.cat(parts, 1)
     if nb * g > k:
         pad = e.new_zeros(nb * g - k, d + 1)
         pad[:, d] = float("-inf")
         e_aug = torch.cat([e_aug, pad], 0)
+    e_aug_t = e_aug.t()  # [D+1, K_pad]
     z_aug = torch.cat([z, z.new_ones(n, 1)], 1)  # [N, D+1]: O(N x D), the size of the input
     rows = min(chunk, n)
-    # scores are computed transposed, [K_pad, rows]: the block maxima then reduce whole contiguous rows of
-    # `rows` floats elementwise, which vectorises better than short reductions along the codebook axis
-    scores = torch.empty(nb * g, rows, dtype=z.dtype, device=z.device)
-    cols = torch.arange(rows, device=z.device)
+    scores = torch.empty(rows, nb * g, dtype=z.dtype, device=z.device)
+    row_base = torch.arange(rows, device=z.device) * nb  # first block of each row in the flat view
     idx = torch.empty(n, dtype=torch.int64, device=z.device)
     best = torch.empty(n, dtype=z.dtype, device=z.device)
     for start in range(0, n, chunk):
         stop = min(start + chunk, n)
         m = stop - start
-        s = torch.mm(e_aug, z_aug[start:stop].t(), out=scores[:, :m] if m == rows else None)  # [K_pad, m]
-        blocks = s.view(nb, g, m)
-        block = blocks.amax(1).argmax(0)  # [m] first block holding each column's max
+        s = torch.mm(z_aug[start:stop], e_aug_t, out=scores[:m])  # [m, K_pad]
+        block = s.view(m, nb, g).amax(2).argmax(1)  # [m] first block holding the row max
+        flat = block.add_(row_base[:m])
         # ties inside the winning block: first position
-        torch.max(blocks[block, :, cols[:m]], 1, out=(best[start:stop], idx[start:stop]))  # [m, G] -> [m]
-        idx[start:stop].add_(block.mul_(g))
+        torch.max(s.view(m * nb, g).index_select(0, flat), 1, out=(best[start:stop], idx[start:stop]))
+        idx[start:stop].add_(flat.sub_(row_base[:m]).mul_(g))
     # squared distance = ||z||^2 - 2 * max score
     dist = (z * z).sum(1).sub_(best.mul_(2.0)).clamp_min_(0.0)
     return idx, dist
