@@ -4,7 +4,7 @@ Captions are split by index (caption i goes to shard i % N). Each shard writes i
 timing records into the shared run folder; one process then finds every sample on disk and computes
 the metrics once. Samples depend only on (seed, caption id), so the PNGs are identical to a
 single-process run's, and so are the numbers with --nproc (tested). Under torchrun they equal a
-single-process run started with the same OMP_NUM_THREADS (torchrun sets 1; checked by hand): the
+single-process run started with the same OMP_NUM_THREADS (torchrun sets 1; tested with 2 gloo ranks): the
 OpenMP pool size fixed at start-up changes float reduction order (~1e-7 relative) even after
 torch.set_num_threads. Components are built (trained into the cache) once, before any shard starts.
 """

@@ -1,4 +1,5 @@
 """Sharded generation equals a single-process run exactly (samples and numbers)."""
+import os
 import subprocess
 import sys
 
@@ -20,6 +21,18 @@ def _bench(*args):
     return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True, timeout=600)
 
 
+def _assert_same_run(one, two):
+    """Identical PNGs and numbers; the two-shard run wrote one timing file per rank and seed."""
+    pngs = sorted(p.relative_to(one) for p in (one / "samples").rglob("*.png"))
+    assert len(pngs) == 2 * 2 * 24
+    assert all((one / p).read_bytes() == (two / p).read_bytes() for p in pngs)
+    assert sorted(p.name for p in (two / "timings" / "noise").iterdir()) == \
+        ["seed0.rank0.jsonl", "seed0.rank1.jsonl", "seed1.rank0.jsonl", "seed1.rank1.jsonl"]
+    a, b = (pd.read_csv(d / "results.csv") for d in (one, two))
+    assert len(a) == len(b) == 2 * 2 * 2
+    assert list(a["value"]) == list(b["value"])
+
+
 def test_two_processes_equal_one(tmp_path):
     suite = tmp_path / "s.yaml"
     suite.write_text(SUITE)
@@ -27,14 +40,7 @@ def test_two_processes_equal_one(tmp_path):
     assert one.returncode == 0, one.stderr
     two = _bench("run", suite, "--out", tmp_path / "two", "--quiet", "--nproc", "2")
     assert two.returncode == 0, two.stderr
-    pngs = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one" / "samples").rglob("*.png"))
-    assert len(pngs) == 2 * 2 * 24
-    assert all((tmp_path / "one" / p).read_bytes() == (tmp_path / "two" / p).read_bytes() for p in pngs)
-    assert sorted(p.name for p in (tmp_path / "two" / "timings" / "noise").iterdir()) == \
-        ["seed0.rank0.jsonl", "seed0.rank1.jsonl", "seed1.rank0.jsonl", "seed1.rank1.jsonl"]
-    a, b = (pd.read_csv(tmp_path / d / "results.csv") for d in ("one", "two"))
-    assert len(a) == len(b) == 2 * 2 * 2
-    assert list(a["value"]) == list(b["value"])
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
 
 
 def test_bad_shard_spec_exits_2(tmp_path):
@@ -42,3 +48,17 @@ def test_bad_shard_spec_exits_2(tmp_path):
     suite.write_text(SUITE)
     result = CliRunner().invoke(cli, ["run", str(suite), "--shard", "3/2", "--out", str(tmp_path / "x")])
     assert result.exit_code == 2 and "need 0 <= R < N" in result.output
+
+
+def test_torchrun_two_gloo_ranks_equal_one_process_with_the_same_omp_threads(tmp_path):
+    suite = tmp_path / "s.yaml"
+    suite.write_text(SUITE)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}  # what torchrun sets for its ranks
+    one = subprocess.run([sys.executable, "-m", "bench", "run", str(suite), "--out", str(tmp_path / "one"), "--quiet"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert one.returncode == 0, one.stderr
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                          "-m", "bench", "run", str(suite), "--out", str(tmp_path / "two"), "--quiet"],
+                         capture_output=True, text=True, timeout=600, env=env)
+    assert two.returncode == 0, two.stderr[-3000:]
+    _assert_same_run(tmp_path / "one", tmp_path / "two")
