@@ -89,6 +89,9 @@ class RunContext:
     timings: list[TimingRecord]
     component: Callable[[str], Any]  # name -> built component (CLIP, VQGAN, judge, captioner, ...)
     per_caption: dict = field(default_factory=dict)  # metrics may leave per-caption values here (caption_id -> {metric: value})
+    # values several metrics of this (system, seed) would otherwise compute twice, e.g. image features that
+    # `fd` and `kid` share; keys must name everything that shapes the value
+    memo: dict = field(default_factory=dict)
 
     def iter_reference_images(self, batch_size: int = 256) -> Iterator[Tensor]:
         """Real images behind the reference statistics, uint8 [B,3,H,W] batches."""

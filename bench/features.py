@@ -163,7 +163,9 @@ class EffNetLite0:
             mapped[name] = t
         net.load_state_dict(mapped)
         net.reset_classifier(0)  # forward() now returns the 1280-d pooled features
-        self.net = net.eval().requires_grad_(False).to(device)
+        # channels-last: 1.38x faster on the 2-core CPU (8.0 -> 5.8 s per 640 images at 224 px), features equal
+        # to the contiguous layout within 2e-6 relative (tests/test_metrics_fd.py)
+        self.net = net.eval().requires_grad_(False).to(device).to(memory_format=torch.channels_last)
 
     def identity(self) -> dict:
         return {"features": self.name, "weights_sha256": file_sha256(self.weights), "resize": self.resize_policy}
@@ -173,7 +175,7 @@ class EffNetLite0:
         x = images.to(self.device, torch.float32) / 255.0
         x = F.interpolate(x, size=(self.input_size, self.input_size), mode="bilinear",
                           align_corners=False, antialias=True)  # [B,3,224,224]
-        x = (x - 0.5) / 0.5
+        x = ((x - 0.5) / 0.5).contiguous(memory_format=torch.channels_last)
         return self.net(x).float().cpu()  # [B,1280]
 
 

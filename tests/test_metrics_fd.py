@@ -91,6 +91,22 @@ def test_fd_effnet_equals_independent_scipy_computation(tmp_path):
     assert row.extra["rank_deficient"] is True and row.extra["feature_dim"] == 1280  # 16 < 1280
 
 
+@pytest.mark.slow
+def test_effnet_channels_last_fast_path_equals_the_contiguous_network():
+    import copy
+
+    import torch.nn.functional as F
+
+    ext = EffNetLite0()
+    images = shapes_like(6, 2)
+    plain = copy.deepcopy(ext.net).to(memory_format=torch.contiguous_format)
+    x = F.interpolate(images.float() / 255.0, size=(224, 224), mode="bilinear", align_corners=False, antialias=True)
+    with torch.no_grad():
+        expected = plain(((x - 0.5) / 0.5).contiguous())
+    assert next(plain.parameters()).is_contiguous()
+    torch.testing.assert_close(ext(images), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
 def clip_ctx(tmp_path, reference: torch.Tensor, tag: str = "t0"):
     return make_ctx(TensorDataset(reference, tag=tag), tmp_path, components={"ev": PixelClip()})
 

@@ -60,3 +60,39 @@ def test_kid_metric_rows(tmp_path):
     clip = PixelClip()
     expected, _, _ = kernel_distance(clip.encode_image(gen).numpy(), clip.encode_image(ref).numpy(), 5, 1000, 0)
     assert rows[0].value == pytest.approx(expected, rel=1e-9)
+
+
+class CountingClip(PixelClip):
+    def __init__(self):
+        super().__init__()
+        self.images_seen = 0
+
+    def encode_image(self, images):
+        self.images_seen += len(images)
+        return super().encode_image(images)
+
+
+def test_fd_and_kid_of_one_system_and_seed_extract_each_batch_once(tmp_path):
+    from bench.metrics.fd import FDArgs, build_fd
+
+    g = torch.Generator().manual_seed(0)
+    gen = torch.randint(0, 256, (30, 3, 16, 16), generator=g, dtype=torch.uint8)
+    ref = torch.randint(0, 128, (20, 3, 16, 16), generator=g, dtype=torch.uint8)
+    clip = CountingClip()
+    ctx = make_ctx(TensorDataset(ref), tmp_path, components={"ev": clip})
+    fd = build_fd(FDArgs(features="clip", clip="ev", blur=[0, 1]))
+    kid = build_kid(KIDArgs(features="clip", clip="ev", blur=[0], subsets=5))
+    for metric in (fd, kid):
+        metric.start(ctx)
+    for start in (0, 16):
+        images = gen[start:start + 16]
+        batch = SampleBatch(images, ["c"] * len(images), list(range(start, start + len(images))), [{}] * len(images))
+        for metric in (fd, kid):
+            metric.update(batch)
+    assert clip.images_seen == 2 * 30  # blur 0 shared by fd and kid, blur 1 for fd only
+    kid_rows, fd_rows = kid.compute(ctx), fd.compute(ctx)
+    alone = build_kid(KIDArgs(features="clip", clip="ev", blur=[0], subsets=5))
+    alone.update(SampleBatch(gen, ["c"] * 30, list(range(30)), [{}] * 30))
+    assert kid_rows[0].value == pytest.approx(alone.compute(make_ctx(TensorDataset(ref), tmp_path,
+                                                                     components={"ev": PixelClip()}))[0].value, rel=1e-9)
+    assert len(fd_rows) == 2

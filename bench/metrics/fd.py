@@ -60,7 +60,20 @@ class FeatureMetric(StreamingMetric):
 
     def _consume(self, batch: SampleBatch) -> None:
         for r in self.args.blur:
-            self._feats[r].append(extract(self.extractor, batch.images, r, self.args.batch_size))
+            self._feats[r].append(self._features(batch, r))
+
+    def _features(self, batch: SampleBatch, r: int) -> torch.Tensor:
+        """This batch's features at blur r, extracted once for all metrics on the same features (`fd` and `kid`
+        are handed the same batch object in turn); the memo holds the current batch only."""
+        memo = self._ctx.memo
+        if memo.get("features-of") is not batch.images:
+            memo.pop("features", None)
+            memo["features-of"], memo["features"] = batch.images, {}
+        a = self.args
+        key = (a.features, a.feature_extractor_weights_path, a.clip, a.batch_size, r)
+        if key not in memo["features"]:
+            memo["features"][key] = extract(self.extractor, batch.images, r, a.batch_size)
+        return memo["features"][key]
 
     def _finish(self, ctx: RunContext) -> list[MetricValue]:
         rows = []
