@@ -129,6 +129,9 @@ def statement(result: dict, lower_is_better: bool, seeds_only: bool = False) -> 
     over = (f"paired over {result['n_seeds']} seeds only (FD is one number per seed; t interval)" if seeds_only
             else f"paired over {result['n_seeds']} seeds x {result['n_captions']} captions (caption bootstrap)")
     interval = f"{a} - {b} = {_fmt(result['mean'])} [{_fmt(result['lo'])}, {_fmt(result['hi'])}]"
+    if not math.isfinite(result["lo"]):
+        return (f"{key}: no winner can be claimed between {a} and {b}: {interval}, no interval from "
+                f"{result['n_seeds']} shared seed(s); {over}.")
     if not result["excludes_zero"]:
         return f"{key}: no winner can be claimed between {a} and {b}: {interval}, 95% interval includes 0; {over}."
     a_better = (result["mean"] < 0) if lower_is_better else (result["mean"] > 0)

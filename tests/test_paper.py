@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.paper import paired_comparison, paired_seed_comparison, paper_table, per_caption_values
+from bench.paper import paired_comparison, paired_seed_comparison, paper_table, per_caption_values, statement
 from bench.results import COLUMNS
 
 
@@ -136,3 +136,11 @@ def test_fd_metric_preference_and_per_caption_lookup():
     pc = {("s", "attribute-accuracy/held-out/all"): {0: {1: 0.0, 3: 1.0}}}
     assert per_caption_values(pc, "s", "attribute-accuracy", "held-out/all") == {0: {1: 0.0, 3: 1.0}}
     assert per_caption_values(pc, "s", "attribute-accuracy", "seen/all") is None
+
+
+def test_a_single_shared_seed_gives_no_interval_and_says_so(run):
+    df, _ = run
+    one = df[~((df["system"] == "vqgan-clip") & (df["seed"] != 0))]
+    r = paired_seed_comparison(one, "clipgen-lf", "vqgan-clip", "fd-effnet-lite0", "blur=0")
+    assert r["n_seeds"] == 1 and not math.isfinite(r["lo"]) and not r["excludes_zero"]
+    assert "no interval from 1 shared seed(s)" in statement(r, lower_is_better=True, seeds_only=True)
