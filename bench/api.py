@@ -128,6 +128,7 @@ class BuildContext(Protocol):
     dataset: Any  # bench.datasets.base.Dataset
     device: str
     cache_dir: str
+    progress: bool  # training may show progress bars (False under `bench run --quiet`)
 
     def component(self, name: str) -> Any:
         """A declared component by name, built once and shared."""

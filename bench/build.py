@@ -13,11 +13,12 @@ from bench.suite import Suite
 
 
 class Builder:
-    def __init__(self, suite: Suite, dataset: Any, device: str, cache_dir: str):
+    def __init__(self, suite: Suite, dataset: Any, device: str, cache_dir: str, progress: bool = True):
         self.suite = suite
         self.dataset = dataset
         self.device = device
         self.cache_dir = cache_dir
+        self.progress = progress
         self._components: dict[str, Any] = {}
         self._systems: dict[str, Any] = {}
         self._building: list[str] = []

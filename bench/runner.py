@@ -170,7 +170,7 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "suite.resolved.json").write_text(json.dumps(self.suite.resolved, indent=1, default=str))
         dataset = build_dataset(self.suite.dataset)
-        builder = Builder(self.suite, dataset, self.device, self.cache)
+        builder = Builder(self.suite, dataset, self.device, self.cache, progress=self.progress)
         items = dataset.eval_captions()
         if self.limit is not None:
             items = items[: self.limit]

@@ -72,7 +72,7 @@ def build_clip(spec: ComponentSpec, ctx: BuildContext) -> ClipModel:
     def train() -> ClipModel:
         images, captions, _ = ctx.dataset.pairs()
         return train_clip(images, captions, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
-                          lr=args.lr, seed=args.seed, progress=True, device=ctx.device)
+                          lr=args.lr, seed=args.seed, progress=ctx.progress, device=ctx.device)
 
     return ctx.cached("clip", key=train_key(args, ctx.dataset.identity()), train=train, save=save_clip,
                       load=lambda directory: load_saved_clip(directory, device=ctx.device))

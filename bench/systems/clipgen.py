@@ -106,7 +106,7 @@ def _build_clipgen(args: ClipGenArgs, ctx: BuildContext, condition: str) -> Clip
     def train():
         start = time.perf_counter()
         data = ctx.dataset  # only train_images() is read for condition="image"
-        gpt, stats = train_clipgen(data, clip, vqgan, cfg, steps=t.steps, seed=t.seed, noise=t.noise,
+        gpt, stats = train_clipgen(data, clip, vqgan, cfg, steps=t.steps, seed=t.seed, noise=t.noise, progress=ctx.progress,
                                    condition=condition, batch_size=t.batch_size, lr=t.lr, device=ctx.device,
                                    clip_loss_weight=t.clip_loss_weight)
         gpt.training_stats = {"steps": stats["steps"], "seconds": round(time.perf_counter() - start, 1),
