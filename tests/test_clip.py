@@ -284,7 +284,7 @@ class ToyContext:
     """The BuildContext contract in miniature: cache under a hash of the key in a directory."""
 
     def __init__(self, cache_dir: str):
-        self.dataset, self.device, self.cache_dir = ToyDataset(), "cpu", cache_dir
+        self.dataset, self.device, self.cache_dir, self.progress = ToyDataset(), "cpu", cache_dir, False
         self.trained = 0
 
     def cached(self, kind, key, train, save, load):

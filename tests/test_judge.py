@@ -48,7 +48,7 @@ class FakeBuild:
     """BuildContext.cached as the contract says: train, save into a fresh dir, load back; next time load."""
 
     def __init__(self, dataset, root):
-        self.dataset, self.device, self.cache_dir, self.root = dataset, "cpu", str(root), root
+        self.dataset, self.device, self.cache_dir, self.root, self.progress = dataset, "cpu", str(root), root, False
         self.trained = 0
 
     def cached(self, kind, key, train, save, load):
