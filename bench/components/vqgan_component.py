@@ -47,9 +47,10 @@ def build_vqgan(spec: ComponentSpec, ctx: BuildContext):
                         f"the dataset renders {ctx.dataset.resolution}px; set dataset.resolution: {cfg.resolution}")
 
     def train():
+        images = ctx.dataset.train_images()  # once: from an image folder this decodes every file
         if ctx.progress:
-            print(f"[{spec.name}] training VQGAN ({args.preset}) on {len(ctx.dataset.train_images())} images", flush=True)
-        model, stats = train_vqgan(ctx.dataset.train_images(), cfg, steps=args.steps, seed=args.seed, progress=ctx.progress,
+            print(f"[{spec.name}] training VQGAN ({args.preset}) on {len(images)} images", flush=True)
+        model, stats = train_vqgan(images, cfg, steps=args.steps, seed=args.seed, progress=ctx.progress,
                                    batch_size=args.batch_size, lr=args.lr, device=ctx.device)
         model.training_stats = {k: v for k, v in stats.items() if k != "history"}
         return model
