@@ -141,6 +141,28 @@ def test_codes_that_only_look_alike_are_not_merged(kernel_device):
         assert torch.equal(fn(z, codebook).cpu(), expected), name
 
 
+@pytest.mark.parametrize("budget", [1, 300, 1000])
+def test_torch_backend_tiled_over_codes_equals_one_tile(monkeypatch, budget):
+    """A scores budget this small splits the codes into many GEMM tiles (down to
+    one argmax block each, the last one short): the running best across tiles
+    must give the one-tile answer, exact ties across tile boundaries included."""
+    g = torch.Generator().manual_seed(budget)
+    n, k, d = 37, 700, 9  # 700 codes: argmax blocks of 128, the last one padded
+    e = torch.randn(k, d, generator=g)
+    e[650] = e[5]  # exact duplicates far apart: lowest index wins
+    e[400] = e[390]
+    z = torch.randn(n, d, generator=g)
+    z[:4] = e[torch.tensor([5, 650, 390, 699])]  # rows sitting exactly on codes
+    one_tile = vq_lookup(z, e, backend="torch", return_distances=True)
+    monkeypatch.setattr(vq_mod, "_TORCH_CHUNK_ELEMS", budget)
+    for rows in (None, 1, 5):
+        idx, dist = vq_lookup(z, e, backend="torch", chunk_size=rows, return_distances=True)
+        assert torch.equal(idx, one_tile[0]), rows
+        assert torch.allclose(dist, one_tile[1], rtol=0, atol=1e-4), rows
+    assert idx[:4].tolist() == [5, 5, 390, 699]
+    check_guarantee(z, e, idx, vq_lookup(z, e, backend="full"))
+
+
 def test_a_codebook_of_one_repeated_code_always_answers_zero(kernel_device):
     codebook = torch.randn(1, 6).repeat(40, 1).to(kernel_device)
     z = torch.randn(9, 6).to(kernel_device) * 100

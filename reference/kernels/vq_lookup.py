@@ -5,11 +5,12 @@ Three backends, one answer:
 
 - ``full``   : ||z||^2 - 2 z.e + ||e||^2 over the whole N x K matrix, then argmin
                (what taming-transformers does). The plain twin, used by tests.
-- ``torch``  : chunked over N, so the extra memory is O(chunk x K + N x D). It drops the
-               constant ||z||^2 and folds ||e||^2 into the matmul by augmenting
-               z with a column of ones and e with a column of -||e||^2 / 2, so one
-               GEMM yields z.e - ||e||^2/2 and an argmax finishes the job.
-               Default on CPU.
+- ``torch``  : tiled over rows of z and blocks of codes, so the extra memory is
+               O(rows x codes per tile + (N + K) x D). It drops the constant
+               ||z||^2 and folds ||e||^2 into the matmul by augmenting z with a
+               column of ones and e with a column of -||e||^2 / 2, so one GEMM
+               per tile yields z.e - ||e||^2/2; a blocked argmax keeps a running
+               best per row across code tiles. Default on CPU.
 - ``triton`` : one fused kernel that streams codebook tiles through ``tl.dot``
                and keeps a running min / argmin per row; the N x K matrix never
                exists. Default on CUDA. Runs on CPU tensors under
@@ -52,9 +53,16 @@ _U_FP32 = 2.0 ** -24
 # mantissa bits, bf16 7, fp16 10), times 2 for the two inputs, times a safety 2.
 FAST_RTOL = {"tf32": 4 * 2.0 ** -11, "bfloat16": 4 * 2.0 ** -8, "float16": 4 * 2.0 ** -11}
 
-# codebook entries per chunk for the torch backend: chunk rows = budget // K.
-# 2**21 fp32 = 8 MiB of scores (128 rows at K=16384; measured faster than 96, 192 or 256 rows on a 2-core CPU): keeps peak extra memory under 1/8 of `full` (benchmarks/test_bench_vq.py).
-_TORCH_CHUNK_ELEMS = 2 ** 21
+# torch backend tiling: each GEMM writes a scores tile of about _TORCH_CHUNK_ELEMS
+# fp32 values (2**20 = 4 MiB, within the CPU caches, where the argmax pass reads
+# it back), at least _TORCH_MIN_ROWS rows of z (MKL wants many rows) and, when
+# the codebook is small, all of it (one code tile: 4096 rows x 256 codes at the
+# tiny VQGAN's K). Measured on a 2-core AMD EPYC at N=4096, K=16384, D=256:
+# 1024 x 1024 tiles take 0.91x the bare z @ e.T (which writes 256 MiB), against
+# 1.01x for 4096 x 1024 and 1.45x for 128-row strips over all codes; equal to
+# one-tile at K=256 and to the bare matmul at K=1024 (benchmarks/test_bench_vq.py).
+_TORCH_CHUNK_ELEMS = 2 ** 20
+_TORCH_MIN_ROWS = 1024
 _ARGMAX_BLOCK = 128
 
 
@@ -113,45 +121,78 @@ def _lookup_full(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
 
 
 # ---------------------------------------------------------------------------
-# backend "torch": chunked over N, one augmented GEMM + argmax per chunk
+# backend "torch": one augmented GEMM per (row block, code block) + blocked argmax
 # ---------------------------------------------------------------------------
+
+def _augmented_codebook(e: Tensor, rows: int) -> Tensor:
+    """[K_pad, D+1]: codebook rows (e, -||e||^2/2), then padding rows (0, -inf) that never win.
+
+    Built with one copy of e; K_pad is K rounded up to whole argmax blocks."""
+    k, d = e.shape
+    # ||e||^2 from the 2-norm: one vectorised pass, no [K,D] temporary; equal
+    # codes get equal values (the same reduction runs on every row)
+    half_sq = torch.linalg.vector_norm(e, dim=1).square_().mul_(-0.5)
+    parts = [e, half_sq[:, None]]
+    if rows > k:
+        pad = e.new_zeros(rows - k, d + 1)
+        pad[:, d] = float("-inf")
+        return torch.cat([torch.cat(parts, 1), pad], 0)
+    return torch.cat(parts, 1)  # cat: a contiguous copy several times faster than copy_ into a strided slice
+
 
 def _lookup_torch(z: Tensor, codebook: Tensor, chunk_size: int | None) -> tuple[Tensor, Tensor]:
     z, e = _as_fp32(z), _as_fp32(codebook)
     n, d = z.shape
     k = e.shape[0]
-    chunk = chunk_size or max(1, _TORCH_CHUNK_ELEMS // k)
-    # argmax over k in blocks of G: one vectorised amax pass over the scores,
-    # then a second look inside the winning block only (max with indices over
-    # the whole row is several times slower on CPU)
+    # argmax over k in blocks of G: a vectorised amax pass gives each block's
+    # max, a max over the few block maxima picks the block, and a second look
+    # inside that block only gives the position (max with indices over whole
+    # rows is several times slower on CPU than amax)
     g = _ARGMAX_BLOCK if k >= 2 * _ARGMAX_BLOCK else k
-    nb = -(-k // g)
-    # augmented operands, built once each with a single write: codebook rows
-    # (e, -||e||^2/2) plus padding rows (0, -inf) that can never win, and z rows
-    # (z, 1), so (z, 1) . (e, -||e||^2/2) = z.e - ||e||^2/2 = (||z||^2 - ||z - e||^2) / 2
-    # and one GEMM per chunk gives the scores (no per-chunk copies of z)
-    parts = [e, torch.einsum("kd,kd->k", e, e).mul_(-0.5)[:, None]]  # no [K,D] temporary
-    e_aug = torch.cat(parts, 1)
-    if nb * g > k:
-        pad = e.new_zeros(nb * g - k, d + 1)
-        pad[:, d] = float("-inf")
-        e_aug = torch.cat([e_aug, pad], 0)
-    e_aug_t = e_aug.t()  # [D+1, K_pad]
-    z_aug = torch.cat([z, z.new_ones(n, 1)], 1)  # [N, D+1]: O(N x D), the size of the input
-    rows = min(chunk, n)
-    scores = torch.empty(rows, nb * g, dtype=z.dtype, device=z.device)
-    row_base = torch.arange(rows, device=z.device) * nb  # first block of each row in the flat view
+    k_pad = -(-k // g) * g
+    rows = min(n, chunk_size or max(_TORCH_MIN_ROWS, _TORCH_CHUNK_ELEMS // k_pad))
+    # codes per GEMM: the scores block [rows, kc] stays within the budget;
+    # a whole number of argmax blocks, at least one
+    kc = min(k_pad, max(g, _TORCH_CHUNK_ELEMS // rows // g * g))
+    e_aug = _augmented_codebook(e, k_pad)
+    # (z, 1) . (e, -||e||^2/2) = z.e - ||e||^2/2 = (||z||^2 - ||z - e||^2) / 2:
+    # the largest score is the nearest code, and one GEMM gives the scores
+    z_aug = torch.cat([z, z.new_ones(n, 1)], 1)  # [N, D+1]: the size of the input
+    scores = z.new_empty(rows * kc)
+    block_max = z.new_empty(rows * (kc // g))
     idx = torch.empty(n, dtype=torch.int64, device=z.device)
     best = torch.empty(n, dtype=z.dtype, device=z.device)
-    for start in range(0, n, chunk):
-        stop = min(start + chunk, n)
-        m = stop - start
-        s = torch.mm(z_aug[start:stop], e_aug_t, out=scores[:m])  # [m, K_pad]
-        block = s.view(m, nb, g).amax(2).argmax(1)  # [m] first block holding the row max
-        flat = block.add_(row_base[:m])
-        # ties inside the winning block: first position
-        torch.max(s.view(m * nb, g).index_select(0, flat), 1, out=(best[start:stop], idx[start:stop]))
-        idx[start:stop].add_(flat.sub_(row_base[:m]).mul_(g))
+    for r0 in range(0, n, rows):
+        m = min(rows, n - r0)
+        zc, best_r, idx_r = z_aug[r0:r0 + m], best[r0:r0 + m], idx[r0:r0 + m]
+        # code blocks left to right; a later block replaces the running best
+        # only when strictly better, so exact ties keep the lowest index
+        for c0 in range(0, k_pad, kc):
+            w = min(kc, k_pad - c0)
+            nbc = w // g
+            s = torch.mm(zc, e_aug[c0:c0 + w].t(), out=scores[:m * w].view(m, w))
+            bmax = torch.amax(s.view(m, nbc, g), 2, out=block_max[:m * nbc].view(m, nbc))
+            # [m] the row's max in this code chunk and the first block holding it
+            # (max with indices returns the first maximum, and on CPU beats argmax)
+            cand, blk = bmax.max(1)
+            # rows this chunk improves (all of them on the first chunk)
+            r = None if c0 == 0 else (cand > best_r).nonzero().squeeze(1)
+            if r is None:
+                sel_blk, sel_val = blk, cand
+                flat = blk + torch.arange(m, device=z.device) * nbc
+            elif r.numel():
+                sel_blk, sel_val = blk[r], cand[r]
+                flat = sel_blk + r * nbc
+            else:
+                continue
+            pos = s.view(m * nbc, g).index_select(0, flat).max(1).indices  # first position of the max
+            code = sel_blk.mul_(g).add_(pos).add_(c0)
+            if r is None:
+                best_r.copy_(sel_val)
+                idx_r.copy_(code)
+            else:
+                best_r[r] = sel_val
+                idx_r[r] = code
     # squared distance = ||z||^2 - 2 * max score
     dist = (z * z).sum(1).sub_(best.mul_(2.0)).clamp_min_(0.0)
     return idx, dist
@@ -301,7 +342,8 @@ def vq_lookup(
     z [N,D], codebook [K,D] -> indices [N] int64 (ties go to the lowest index);
     with ``return_distances`` also the squared L2 distances [N] fp32.
     backend: "auto" ("triton" on CUDA tensors, "torch" otherwise), "full",
-    "torch" (``chunk_size`` rows of z at a time; default 2**21 // K) or "triton".
+    "torch" (``chunk_size`` rows of z per GEMM, by default as many as keep a
+    4 MiB scores tile, at least 1024; codes per GEMM follow from that budget) or "triton".
     """
     _check(z, codebook, backend, chunk_size)
     if backend == "auto":
