@@ -10,7 +10,7 @@ norm1, norm2}``, ``norm``, ``head``), so its ``model`` dict loads after dropping
 (here the causal mask comes from SDPA's ``is_causal``).
 
 Reading order: config (reference/configs.py) -> attention -> block -> KVCache -> GPT (training forward,
-prefill, one-token decode step).
+prefill, one-token decode step, and its static-shape twin for torch.compile).
 """
 from __future__ import annotations
 
@@ -51,14 +51,20 @@ class SelfAttention(nn.Module):
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d))  # [B,H,T,Dh] -> [B,T,d]
 
-    def decode(self, x: Tensor, cache: "KVCache", layer: int, pos: int, backend: str) -> Tensor:
-        """One new position: x [B,1,d] at sequence position ``pos``; writes k/v at pos, attends to 0..pos."""
+    def decode(self, x: Tensor, cache: "KVCache", layer: int, pos: int | Tensor, backend: str) -> Tensor:
+        """One new position: x [B,1,d] at sequence position ``pos``; writes k/v at pos, attends to 0..pos.
+
+        ``pos`` an int: attention over the slice 0..pos; a 0-d tensor: over the whole cache, masked past pos."""
         from reference.kernels import decode_attention
 
         b, _, d = x.shape
         q, k, v = self._qkv(x)  # [B,H,1,Dh]
-        cache.k[layer, :b, :, pos] = k[:, :, 0]
-        cache.v[layer, :b, :, pos] = v[:, :, 0]
+        if isinstance(pos, Tensor):  # index_copy_: what torch.compile lowers for a tensor position
+            cache.k[layer, :b].index_copy_(2, pos.view(1), k)
+            cache.v[layer, :b].index_copy_(2, pos.view(1), v)
+        else:
+            cache.k[layer, :b, :, pos] = k[:, :, 0]
+            cache.v[layer, :b, :, pos] = v[:, :, 0]
         y = decode_attention(q[:, :, 0], cache.k[layer, :b], cache.v[layer, :b], pos + 1, backend=backend)  # [B,H,Dh]
         return self.out_proj(y.reshape(b, 1, d))  # [B,H,Dh] -> [B,1,d]
 
@@ -82,7 +88,7 @@ class EncoderLayer(nn.Module):
         x = x + self.drop(self.self_attn(self.norm1(x), cache, layer))
         return x + self.mlp(x)
 
-    def decode(self, x: Tensor, cache: "KVCache", layer: int, pos: int, backend: str) -> Tensor:
+    def decode(self, x: Tensor, cache: "KVCache", layer: int, pos: int | Tensor, backend: str) -> Tensor:
         x = x + self.self_attn.decode(self.norm1(x), cache, layer, pos, backend)
         return x + self.mlp(x)
 
@@ -179,13 +185,30 @@ class GPT(nn.Module):
 
     @torch.no_grad()
     def decode_step(self, token: Tensor, cache: KVCache, backend: str | None = None) -> Tensor:
-        """Feed image token [B] at the next position (cache.length); returns its logits [B,V] (the next token)."""
+        """Feed image token [B] at the next position (cache.length); returns its logits [B,V] (the next token).
+
+        Attends to the filled prefix only (its length is a Python int): the fastest eager step."""
         pos = cache.length
         if pos >= self.cfg.n_pos:
             raise ValueError(f"the cache is full ({self.cfg.n_pos} positions)")
-        backend = backend or self.cfg.decode_backend
         x = self.tok_emb(token[:, None]) + self.pos_emb[:, pos:pos + 1]  # [B,1,d]
+        logits = self._decode(x, cache, pos, backend or self.cfg.decode_backend)
+        cache.length = pos + 1
+        return logits
+
+    @torch.no_grad()
+    def decode_step_static(self, token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
+        """decode_step for torch.compile: the position is a 0-d int64 tensor and attention runs over the whole
+        cache, masked past ``pos``, so no shape depends on the position and the step is traced once (and CUDA
+        graphs can replay it). decode_step with an int position recompiles at every position instead.
+
+        Feeds token [B] at position ``pos``; returns logits [B,V]. Leaves cache.length to the caller and does not
+        check ``pos`` (that would read the tensor back from the device every step)."""
+        x = self.tok_emb(token[:, None]) + self.pos_emb.index_select(1, pos.view(1))  # [B,1,d]
+        return self._decode(x, cache, pos, "sdpa")
+
+    def _decode(self, x: Tensor, cache: KVCache, pos: int | Tensor, backend: str) -> Tensor:
+        """x [B,1,d] at position pos through every block (reading and extending the cache) -> logits [B,V]."""
         for i, blk in enumerate(self.blocks):
             x = blk.encoder.decode(x, cache, i, pos, backend)
-        cache.length = pos + 1
         return self.head(self.norm(x))[:, 0]

@@ -74,6 +74,12 @@ def row_uniforms(seeds: list[int], steps: int, device) -> Tensor:
 # token sampling
 # ---------------------------------------------------------------------------------------------------------------
 
+def _compiled_step(gpt: GPT) -> Callable:
+    """torch.compile of the static-shape decode step (default mode: CUDA graphs would need the cache at static
+    addresses, i.e. as module buffers, since the step writes into it)."""
+    return torch.compile(gpt.decode_step_static, dynamic=False, fullgraph=True)
+
+
 @torch.no_grad()
 def sample_tokens(gpt: GPT, cond: Tensor, seeds: list[int], temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None, use_cache: bool = True, backend: str | None = None,
@@ -81,6 +87,10 @@ def sample_tokens(gpt: GPT, cond: Tensor, seeds: list[int], temperature: float =
     """cond [B,cond_dim] -> tokens int64 [B,n_pos] (row-major grid order).
 
     use_cache=False recomputes the full prefix at every step (the plain twin of the static-KV-cache path).
+    compile=True (with the cache) decodes through torch.compile of ``gpt.decode_step_static``: one trace for
+    every position; the first call pays the compilation. It is meant for GPUs: on a 2-core CPU at tiny widths
+    (256 positions, batch 8) the compiled step ran 2.7x slower than the eager one (it attends over the whole
+    cache every step), after a 16 s compilation.
     With return_logits, also returns the raw logits of every step [B,n_pos,V].
     """
     if len(seeds) != cond.shape[0]:
@@ -93,13 +103,17 @@ def sample_tokens(gpt: GPT, cond: Tensor, seeds: list[int], temperature: float =
     u = row_uniforms(seeds, n, device)
     tokens = torch.zeros(b, n, dtype=torch.long, device=device)
     all_logits = [] if return_logits else None
-    step: Callable = gpt.decode_step
-    if compile and device.type == "cuda":
-        step = torch.compile(gpt.decode_step, dynamic=True)
+    compiled = _compiled_step(gpt) if compile and use_cache else None
+    positions = torch.arange(n, device=device)
     cache = gpt.new_cache(b) if use_cache else None
     for i in range(n):
-        if use_cache:
-            logits = gpt.prefill(cond, cache) if i == 0 else step(tokens[:, i - 1], cache, backend)
+        if use_cache and i == 0:
+            logits = gpt.prefill(cond, cache)
+        elif compiled is not None:
+            logits = compiled(tokens[:, i - 1], positions[i], cache)
+            cache.length = i + 1
+        elif use_cache:
+            logits = gpt.decode_step(tokens[:, i - 1], cache, backend)
         else:
             logits = gpt(cond, tokens[:, :i])[:, -1]
         if return_logits:

@@ -1,4 +1,4 @@
-"""Decode attention: the triton kernel against torch SDPA over the sliced cache.
+"""Decode attention: the triton kernel against torch SDPA over the sliced cache, and the masked static-shape path.
 
 On CPU the kernel runs under the triton interpreter (TRITON_INTERPRET=1, set by
 the `kernel_device` fixture before the kernel is first built); with CUDA the
@@ -80,6 +80,31 @@ def test_half_inputs_accumulate_in_fp32(kernel_device):
     assert out.dtype == torch.float16
     ref = decode_attention(q.float(), k.float(), v.float(), 45)
     torch.testing.assert_close(out.float(), ref, rtol=2e-3, atol=2e-3)
+
+
+def test_tensor_length_masks_the_whole_cache_like_the_int_slice():
+    """Static-shape decoding: a 0-d tensor length reads all T positions with a mask and must give what the
+    sliced int path gives, whatever garbage lies past the length."""
+    q, k, v = make(2, 3, 40, 16, seed=4)
+    k2, v2 = k.clone(), v.clone()
+    k2[:, :, 23:] = 1e4  # huge scores past the length: any leak would dominate the softmax
+    v2[:, :, 23:] = 1e30
+    for length in (1, 23):
+        if length == 23:
+            k, v = k2, v2
+        out = decode_attention(q, k, v, torch.tensor(length))
+        assert torch.isfinite(out).all()
+        torch.testing.assert_close(out, decode_attention(q, k, v, length), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("length,msg", [(torch.tensor(3.0), "0-d integer"), (torch.tensor([3]), "0-d integer"),
+                                        (torch.tensor(True), "0-d integer")])
+def test_bad_tensor_length_is_one_clear_value_error(length, msg):
+    q, k, v = make(1, 1, 40, 8)
+    with pytest.raises(ValueError, match=msg):
+        decode_attention(q, k, v, length)
+    with pytest.raises(ValueError, match="backend='sdpa'"):
+        decode_attention(q, k, v, torch.tensor(3), backend="triton")
 
 
 @pytest.mark.parametrize("length,msg", [(0, "length"), (41, "length"), (3.0, "length")])

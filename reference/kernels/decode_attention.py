@@ -2,7 +2,9 @@
 
 q [B,H,Dh] attends to cache positions [0, length) of k_cache / v_cache
 [B,H,T,Dh]; the new token's own key and value are already written at position
-length - 1. Positions >= length are never read.
+length - 1. ``length`` is an int (positions >= length are never read), or a
+0-d integer tensor for static-shape decoding under torch.compile: then the
+whole cache is read and positions >= length are masked out (sdpa only).
 
 Backends:
 - ``sdpa``   : torch ``scaled_dot_product_attention`` over the sliced cache
@@ -27,7 +29,7 @@ from torch import Tensor
 BACKENDS = ("sdpa", "triton")
 
 
-def _check(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int, backend: str) -> None:
+def _check(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: "int | Tensor", backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"decode_attention: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if q.dim() != 3 or k_cache.dim() != 4 or v_cache.dim() != 4:
@@ -38,7 +40,16 @@ def _check(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int, backend: st
     b, h, t, dh = k_cache.shape
     if tuple(q.shape) != (b, h, dh):
         raise ValueError(f"decode_attention: q is {tuple(q.shape)} but the cache expects {(b, h, dh)}")
-    if not isinstance(length, int) or not 1 <= length <= t:
+    if isinstance(length, Tensor):
+        # a device tensor's value is not checked here: that would synchronise every decoding step
+        if length.dim() != 0 or length.is_floating_point() or length.is_complex() or length.dtype == torch.bool:
+            raise ValueError(f"decode_attention: a tensor length must be a 0-d integer tensor, got {length.dtype} "
+                             f"{tuple(length.shape)}")
+        if length.device != q.device:
+            raise ValueError(f"decode_attention: length is on {length.device} but q is on {q.device}")
+        if backend != "sdpa":
+            raise ValueError("decode_attention: a tensor length (static-shape decoding) needs backend='sdpa'")
+    elif not isinstance(length, int) or not 1 <= length <= t:
         raise ValueError(f"decode_attention: length must be an int in [1, {t}] (the cache size), got {length!r}")
     if not (q.device == k_cache.device == v_cache.device):
         raise ValueError("decode_attention: q, k_cache and v_cache must be on one device")
@@ -48,13 +59,14 @@ def _check(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int, backend: st
 # backend "sdpa": the plain twin
 # ---------------------------------------------------------------------------
 
-def _attend_sdpa(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int, scale: float) -> Tensor:
-    out = F.scaled_dot_product_attention(
-        q.unsqueeze(2),  # [B,H,1,Dh]
-        k_cache[:, :, :length],  # [B,H,L,Dh]
-        v_cache[:, :, :length],
-        scale=scale,
-    )  # [B,H,1,Dh]
+def _attend_sdpa(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int | Tensor, scale: float) -> Tensor:
+    if isinstance(length, Tensor):  # static shapes: the whole cache, positions >= length masked out
+        t = k_cache.shape[2]
+        mask = torch.arange(t, device=q.device) < length  # [T] bool
+        k, v, mask = k_cache, v_cache, mask.view(1, 1, 1, t)
+    else:
+        k, v, mask = k_cache[:, :, :length], v_cache[:, :, :length], None  # [B,H,L,Dh]
+    out = F.scaled_dot_product_attention(q.unsqueeze(2), k, v, attn_mask=mask, scale=scale)  # [B,H,1,Dh]
     return out.squeeze(2)  # [B,H,Dh]
 
 
@@ -144,13 +156,14 @@ def decode_attention(
     q: Tensor,
     k_cache: Tensor,
     v_cache: Tensor,
-    length: int,
+    length: int | Tensor,
     scale: float | None = None,
     backend: str = "sdpa",
 ) -> Tensor:
     """Softmax(q . k / sqrt(Dh) or scale) @ v over cache positions [0, length).
 
-    q [B,H,Dh], k_cache / v_cache [B,H,T,Dh] -> [B,H,Dh] in q's dtype.
+    q [B,H,Dh], k_cache / v_cache [B,H,T,Dh] -> [B,H,Dh] in q's dtype. ``length``: an int, or a 0-d integer
+    tensor (static shapes: the whole cache is read, masked; backend "sdpa" only).
     """
     _check(q, k_cache, v_cache, length, backend)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
