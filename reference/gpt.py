@@ -58,15 +58,17 @@ class SelfAttention(nn.Module):
         from reference.kernels import decode_attention
 
         b, _, d = x.shape
-        q, k, v = self._qkv(x)  # [B,H,1,Dh]
+        qkv = F.linear(x, self.in_proj_weight, self.in_proj_bias)  # [B,1,3d]
+        q, k, v = qkv.view(b, 3, self.n_head, d // self.n_head).unbind(1)  # -> [B,3,H,Dh] -> [B,H,Dh] each
+        k_cache, v_cache = cache.k[layer, :b], cache.v[layer, :b]  # [B,H,T,Dh]
         if isinstance(pos, Tensor):  # index_copy_: what torch.compile lowers for a tensor position
-            cache.k[layer, :b].index_copy_(2, pos.view(1), k)
-            cache.v[layer, :b].index_copy_(2, pos.view(1), v)
+            k_cache.index_copy_(2, pos.view(1), k[:, :, None])
+            v_cache.index_copy_(2, pos.view(1), v[:, :, None])
         else:
-            cache.k[layer, :b, :, pos] = k[:, :, 0]
-            cache.v[layer, :b, :, pos] = v[:, :, 0]
-        y = decode_attention(q[:, :, 0], cache.k[layer, :b], cache.v[layer, :b], pos + 1, backend=backend)  # [B,H,Dh]
-        return self.out_proj(y.reshape(b, 1, d))  # [B,H,Dh] -> [B,1,d]
+            k_cache[:, :, pos] = k
+            v_cache[:, :, pos] = v
+        y = decode_attention(q, k_cache, v_cache, pos + 1, backend=backend)  # [B,H,Dh]
+        return self.out_proj(y.view(b, 1, d))  # [B,H,Dh] -> [B,1,d]
 
 
 class EncoderLayer(nn.Module):
