@@ -4,7 +4,9 @@
 - interleaved_times(fns, repeats, warmup) -> {name: [seconds]}: calls every
   function once per round, round after round, so that load changes on a shared
   machine hit all of them alike; CUDA is synchronised around each call.
-- median(xs), ratio(times, a, b) = median(times[a]) / median(times[b]).
+- median(xs); ratio(times, a, b): the median over rounds of times[a][i] / times[b][i], so that each
+  ratio compares two calls made back to back (on this VM the speed of both moves by 30% from round to round,
+  together; the ratio of the two medians mixes calls from different rounds).
 - peak_rss_delta(setup, code) -> bytes: runs `setup` then `code` in a fresh
   Python subprocess and returns the peak resident set (VmHWM, i.e. ru_maxrss of
   this process image) after `code` minus that after `setup` (the peak extra
@@ -79,7 +81,8 @@ def median(xs: list[float]) -> float:
 
 
 def ratio(times: dict[str, list[float]], a: str, b: str) -> float:
-    return median(times[a]) / median(times[b])
+    """Median of the per-round ratios a / b (rounds from interleaved_times)."""
+    return median([ta / tb for ta, tb in zip(times[a], times[b], strict=True)])
 
 
 _RSS_PROBE = """

@@ -1,6 +1,7 @@
 """VQ nearest-code lookup on CPU at N=4096, K=16384, D=256 (the paper's codebook).
 
-Reports, measured in one process with interleaved rounds (median of repeats):
+Reports, measured in one process with interleaved rounds (BENCH_REPEATS, default 11; medians of the
+per-round ratios):
 - torch backend time / bare `z @ codebook.T` time   (target <= 1.25)
 - full backend time / torch backend time
 and, in fresh subprocesses, peak extra resident memory torch / full (target <= 1/8).
@@ -37,7 +38,7 @@ def test_vq_lookup_cpu(benchmark, bench_util):
         "matmul": lambda: z @ codebook.T,
         "torch": lambda: vq_lookup(z, codebook, backend="torch"),
         "full": lambda: vq_lookup(z, codebook, backend="full"),
-    }, repeats=int(os.environ.get("BENCH_REPEATS", "7")), warmup=1)
+    }, repeats=int(os.environ.get("BENCH_REPEATS", "11")), warmup=1)
     torch_over_matmul = bench_util.ratio(times, "torch", "matmul")
     full_over_torch = bench_util.ratio(times, "full", "torch")
 
