@@ -36,6 +36,13 @@ def bench_ms(fn) -> float:
     return float(do_bench(fn, warmup=50, rep=300, return_mode="median"))
 
 
+def tuned_vq_config() -> str:
+    """The autotuner's pick for the last VQ shape and dtype it tuned (which tile wins in which mode)."""
+    from reference.kernels.vq_lookup import _triton_kernel
+
+    return str(getattr(_triton_kernel(False)[1], "best_config", None))
+
+
 def check_rows(z, e, idx, idx_ref, mode, rows=2048):
     """The documented promise on a sample of rows, with fp64 exact distances."""
     sel = torch.arange(rows, device=z.device)
@@ -77,6 +84,7 @@ def section_vq(res):
     t_tri_ieee = bench_ms(lambda: vq_lookup(z, e, backend="triton"))
     t_full_ieee = bench_ms(lambda: vq_lookup(z, e, backend="full"))
     out["exact_fp32"]["ms"] = {"triton": t_tri_ieee, "full": t_full_ieee}
+    out["exact_fp32"]["triton_config"] = tuned_vq_config()
     out["exact_fp32"]["full_over_triton"] = t_full_ieee / t_tri_ieee
     del ref, tri, tor
     torch.cuda.empty_cache()
@@ -96,6 +104,7 @@ def section_vq(res):
         "torch": bench_ms(lambda: vq_lookup(z, e, backend="torch")),
     }
     out["tf32"]["ms"] = ms
+    out["tf32"]["triton_config"] = tuned_vq_config()
     out["tf32"]["matmul_tflops"] = flops / ms["matmul"] / 1e9
     out["tf32"]["triton_tflops"] = flops / ms["triton"] / 1e9
     out["tf32"]["triton_fraction_of_matmul"] = ms["matmul"] / ms["triton"]
@@ -109,6 +118,7 @@ def section_vq(res):
     out["bf16"] = {"triton_check": check_rows(z, e, tri, None, "bfloat16")}
     ms = {"matmul": bench_ms(lambda: zb @ eb.T), "triton": bench_ms(lambda: vq_lookup(zb, eb, backend="triton"))}
     out["bf16"]["ms"] = ms
+    out["bf16"]["triton_config"] = tuned_vq_config()
     out["bf16"]["matmul_tflops"] = flops / ms["matmul"] / 1e9
     out["bf16"]["triton_tflops"] = flops / ms["triton"] / 1e9
     out["bf16"]["triton_fraction_of_matmul"] = ms["matmul"] / ms["triton"]

@@ -262,6 +262,11 @@ def _triton_kernel(interpret: bool):
         triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 32}, num_warps=4, num_stages=4),
         triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=4, num_stages=3),
         triton.Config({"BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 32}, num_warps=4, num_stages=2),
+        # untried candidates for bf16/fp16, where session 1's H100 reached only 43% of the matmul rate: wider
+        # D steps (fewer loop trips per code tile) and deeper pipelines; the autotuner drops any that fail
+        triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 128}, num_warps=8, num_stages=3),
+        triton.Config({"BLOCK_N": 128, "BLOCK_K": 256, "BLOCK_D": 64}, num_warps=8, num_stages=4),
+        triton.Config({"BLOCK_N": 256, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
     ]
     tuned = triton.autotune(configs=configs, key=["K", "D", "PRECISION"])(vq_argmin_kernel)
     return vq_argmin_kernel, tuned
