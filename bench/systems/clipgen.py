@@ -49,6 +49,8 @@ class ClipGenArgs:
     rerank_input: str = field(default="clip", metadata={"choices": ("clip", "demo"),
                                                         "help": "clip: proper preprocessing; demo: the public "
                                                                 "demo's unnormalised [-1,1] input"})
+    compile: bool = field(default=False, metadata={"help": "decode through torch.compile (one trace per batch "
+                                                           "size; for GPUs: on a CPU it is slower)"})
 
 
 class ClipGen:
@@ -74,7 +76,8 @@ class ClipGen:
         a = self.args
         return generate(self.gpt, self.vqgan, cond, seeds, top_k=a.top_k, top_p=a.top_p, temperature=a.temperature,
                         candidates=a.candidates, rerank_clip=self.rerank if a.candidates > 1 else None,
-                        captions=captions, rerank_input=a.rerank_input, batch_size=max(64, len(captions)))
+                        captions=captions, rerank_input=a.rerank_input, batch_size=max(64, len(captions)),
+                        compile=a.compile)
 
 
 def _build_clipgen(args: ClipGenArgs, ctx: BuildContext, condition: str) -> ClipGen:
