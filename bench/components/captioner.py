@@ -8,17 +8,15 @@ Trained on the dataset's captioned `pairs`; saved as safetensors + a config JSON
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from bench.api import BuildContext, ComponentSpec, UserError
+from bench.api import BuildContext, ComponentSpec
+from bench.components.weights_dir import read_weights_dir, save_weights_dir
 from bench.registry import COMPONENTS
 
 WEIGHTS_FILE = "captioner.safetensors"
@@ -163,25 +161,14 @@ def train_captioner(images: Tensor, captions: list[str], args: CaptionerTrainArg
 
 # ---- files -----------------------------------------------------------------------------------------------
 def save_captioner(model: Captioner, directory: str) -> None:
-    from safetensors.torch import save_file
-
-    os.makedirs(directory, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()},
-              os.path.join(directory, WEIGHTS_FILE))
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump({"config": asdict(model.config)}, f)
+    save_weights_dir(model, directory, WEIGHTS_FILE, CONFIG_FILE, {"config": asdict(model.config)})
 
 
 def load_captioner(path: str, device: str = "cpu") -> Captioner:
     """`path`: a directory with captioner.safetensors + captioner.json, or the .safetensors file itself."""
-    from safetensors.torch import load_file
-
-    p = Path(path).expanduser()
-    weights, config = (p / WEIGHTS_FILE, p / CONFIG_FILE) if p.is_dir() else (p, p.with_name(CONFIG_FILE))
-    if not weights.is_file() or not config.is_file():
-        raise UserError(f"captioner: expected {WEIGHTS_FILE} and {CONFIG_FILE} at {p}")
-    model = Captioner(CaptionerConfig(**json.loads(config.read_text())["config"]))
-    model.load_state_dict(load_file(str(weights)))
+    state, meta = read_weights_dir(path, WEIGHTS_FILE, CONFIG_FILE, "captioner")
+    model = Captioner(CaptionerConfig(**meta["config"]))
+    model.load_state_dict(state)
     return model.to(device).eval()
 
 

@@ -6,10 +6,7 @@ softmax head per attribute; saved as safetensors + a config JSON. `attribute-acc
 """
 from __future__ import annotations
 
-import json
-import os
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -17,6 +14,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bench.api import BuildContext, ComponentSpec, UserError
+from bench.components.weights_dir import read_weights_dir, save_weights_dir
 from bench.registry import COMPONENTS
 
 WEIGHTS_FILE = "judge.safetensors"
@@ -138,26 +136,15 @@ def train_judge(images: Tensor, infos: list[dict], attributes: dict, args: Judge
 
 # ---- files -----------------------------------------------------------------------------------------
 def save_judge(judge: AttributeJudge, directory: str, report: dict | None = None) -> None:
-    from safetensors.torch import save_file
-
-    os.makedirs(directory, exist_ok=True)
-    save_file({k: v.detach().cpu().contiguous() for k, v in judge.state_dict().items()},
-              os.path.join(directory, WEIGHTS_FILE))
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump({"config": asdict(judge.config), "report": report or getattr(judge, "report", {})}, f, indent=1)
+    save_weights_dir(judge, directory, WEIGHTS_FILE, CONFIG_FILE,
+                     {"config": asdict(judge.config), "report": report or getattr(judge, "report", {})}, indent=1)
 
 
 def load_judge(path: str, device: str = "cpu") -> AttributeJudge:
     """`path`: a directory holding judge.safetensors + judge.json, or the .safetensors file itself."""
-    from safetensors.torch import load_file
-
-    p = Path(path).expanduser()
-    weights, config = (p / WEIGHTS_FILE, p / CONFIG_FILE) if p.is_dir() else (p, p.with_name(CONFIG_FILE))
-    if not weights.is_file() or not config.is_file():
-        raise UserError(f"attribute-judge: expected {WEIGHTS_FILE} and {CONFIG_FILE} at {p}")
-    meta = json.loads(config.read_text())
+    state, meta = read_weights_dir(path, WEIGHTS_FILE, CONFIG_FILE, "attribute-judge")
     judge = AttributeJudge(JudgeConfig(**meta["config"]))
-    judge.load_state_dict(load_file(str(weights)))
+    judge.load_state_dict(state)
     judge.report = meta.get("report", {})
     return judge.to(device).eval()
 
