@@ -18,6 +18,7 @@ import math
 import time
 from contextlib import nullcontext
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -71,6 +72,33 @@ def _progress(total: int, initial: int, desc: str, enabled: bool):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
+
+
+class _Loop:
+    """What both training loops do around their steps: time them, show a progress bar, save checkpoints.
+
+    A checkpoint holds the step to run next: after step s when (s + 1) % checkpoint_every == 0, and at the end
+    (also when stopped early by stop_after), which is what resume continues from. save=None: no checkpoints.
+    """
+
+    def __init__(self, save: Callable[[int], None] | None, checkpoint_every: int, steps: int, start: int, desc: str,
+                 progress: bool):
+        self.save, self.every = save, checkpoint_every
+        self.t0 = time.perf_counter()
+        self.bar = _progress(steps, start, desc, progress)
+
+    def step_done(self, step: int) -> None:
+        self.bar.update(1)
+        if self.save is not None and self.every and (step + 1) % self.every == 0:
+            self.save(step + 1)
+
+    def finish(self, end: int) -> float:
+        """Close the bar, save the final checkpoint; returns the seconds since the loop began."""
+        self.bar.close()
+        seconds = time.perf_counter() - self.t0
+        if self.save is not None:
+            self.save(end)
+        return seconds
 
 
 def _device(device) -> torch.device:
@@ -132,9 +160,8 @@ def train_vqgan(images: Tensor, cfg: VQGANConfig | str = "tiny", steps: int | No
         }, meta={"seed": seed, "steps": step})
 
     model.train()
-    t0 = time.perf_counter()
     end = steps if stop_after is None else min(steps, stop_after)
-    bar = _progress(steps, start, "vqgan", progress)
+    loop = _Loop(save if checkpoint_dir is not None else None, checkpoint_every, steps, start, "vqgan", progress)
     for step in range(start, end):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, lr, warmup, steps)
@@ -162,14 +189,9 @@ def train_vqgan(images: Tensor, cfg: VQGANConfig | str = "tiny", steps: int | No
         if step % 10 == 0 or step == steps - 1:
             stats = codebook_stats(idx, cfg.codebook_size)
             history.append({"step": step, "rec": float(rec.detach()), "q": float(qloss.detach()), **stats})
-            bar.set_postfix(rec=f"{float(rec.detach()):.4f}", usage=f"{stats['usage']:.2f}", refresh=False)
-        bar.update(1)
-        if checkpoint_dir is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-            save(step + 1)
-    bar.close()
-    seconds = time.perf_counter() - t0
-    if checkpoint_dir is not None:
-        save(end)
+            loop.bar.set_postfix(rec=f"{float(rec.detach()):.4f}", usage=f"{stats['usage']:.2f}", refresh=False)
+        loop.step_done(step)
+    seconds = loop.finish(end)
     model.eval()
     stats = {"steps": end, "seconds": round(seconds, 2), "restarted_codes": restarted, "history": history,
              **evaluate_vqgan(model, images[:2048])}
@@ -286,9 +308,9 @@ def train_gpt(tokens: Tensor, embeddings: Tensor, cfg: GPTConfig | str = "tiny",
     model.train()
     if vqgan is not None:
         vqgan.eval().requires_grad_(False)
-    t0 = time.perf_counter()
     end = steps if stop_after is None else min(steps, stop_after)
-    bar = _progress(steps, start, "gpt", progress and rank == 0)
+    loop = _Loop(save if checkpoint_dir is not None else None, checkpoint_every, steps, start, "gpt",
+                 progress and rank == 0)
     rng_ctx = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
     with rng_ctx:
         for step in range(start, end):
@@ -319,14 +341,9 @@ def train_gpt(tokens: Tensor, embeddings: Tensor, cfg: GPTConfig | str = "tiny",
                 ce = ce / world
             history.append(float(ce.detach()))
             if step % 10 == 0:
-                bar.set_postfix(loss=f"{float(ce.detach()):.3f}", refresh=False)
-            bar.update(1)
-            if checkpoint_dir is not None and checkpoint_every and (step + 1) % checkpoint_every == 0:
-                save(step + 1)
-    bar.close()
-    seconds = time.perf_counter() - t0
-    if checkpoint_dir is not None:
-        save(end)
+                loop.bar.set_postfix(loss=f"{float(ce.detach()):.3f}", refresh=False)
+            loop.step_done(step)
+    seconds = loop.finish(end)
     model.eval()
     tail = history[-50:] if history else [float("nan")]
     return model, {"steps": end, "seconds": round(seconds, 2), "final_loss": sum(tail) / len(tail),
