@@ -201,8 +201,8 @@ class GPT(nn.Module):
     @torch.no_grad()
     def decode_step_static(self, token: Tensor, pos: Tensor, cache: KVCache) -> Tensor:
         """decode_step for torch.compile: the position is a 0-d int64 tensor and attention runs over the whole
-        cache, masked past ``pos``, so no shape depends on the position and the step is traced once (and CUDA
-        graphs can replay it). decode_step with an int position recompiles at every position instead.
+        cache, masked past ``pos``, so no shape depends on the position and the step is traced once (static shapes
+        are also what CUDA graphs need). decode_step with an int position recompiles at every position instead.
 
         Feeds token [B] at position ``pos``; returns logits [B,V]. Leaves cache.length to the caller and does not
         check ``pos`` (that would read the tensor back from the device every step)."""
