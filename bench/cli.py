@@ -234,13 +234,18 @@ def info() -> None:
 
 
 def main() -> None:
+    from bench.api import UserError
+
     ensure_process_env()
     from bench.cli_convert import convert
     from bench.cli_data import data
 
     cli.add_command(data)
     cli.add_command(convert)
-    cli(prog_name="bench")
+    try:
+        cli(prog_name="bench")
+    except UserError as err:  # one the commands do not catch themselves (a plugin that fails to load, say)
+        _fail(str(err))
 
 
 if __name__ == "__main__":

@@ -85,6 +85,10 @@ def load_all() -> None:
     for module in _BUILTIN_MODULES:
         import_module(module)
     for ep in entry_points(group="clipgen_bench.plugins"):
-        obj = ep.load()
-        if callable(obj):
-            obj()
+        try:
+            obj = ep.load()
+            if callable(obj):
+                obj()
+        except Exception as err:  # a third party's bug: name the plugin, not our traceback
+            raise UserError(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(err).__name__}: {err}; "
+                            f"fix or uninstall the package that provides it") from err
