@@ -57,8 +57,8 @@ def main() -> None:
     results: dict = {"batch": b, "tokens_per_image": n_tok, "gpt_params": gpt.num_params(), "modes": {}}
 
     results["machine"] = machine_info()
-    name = "gpu-sampling-" + results["machine"]["device_name"].lower().replace(" ", "-")
-    path = Path(args.out) / f"{name}.json"
+    stem = "gpu-sampling-" + results["machine"]["device_name"].lower().replace(" ", "-")
+    path = Path(args.out) / f"{stem}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
 
     def run(name: str, fn, repeats: int = 3):

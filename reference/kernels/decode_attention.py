@@ -29,7 +29,7 @@ from torch import Tensor
 BACKENDS = ("sdpa", "triton")
 
 
-def _check(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: "int | Tensor", backend: str) -> None:
+def _check(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int | Tensor, backend: str) -> None:
     if backend not in BACKENDS:
         raise ValueError(f"decode_attention: unknown backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     if q.dim() != 3 or k_cache.dim() != 4 or v_cache.dim() != 4:

@@ -124,7 +124,7 @@ def _lookup_full(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
 # backend "torch": one augmented GEMM per (row block, code block) + blocked argmax
 # ---------------------------------------------------------------------------
 
-def _augmented_codebook(e: Tensor, rows: int) -> Tensor:
+def _augmented_codebook(e: Tensor, k_pad: int) -> Tensor:
     """[K_pad, D+1]: codebook rows (e, -||e||^2/2), then padding rows (0, -inf) that never win.
 
     Built with one copy of e; K_pad is K rounded up to whole argmax blocks."""
@@ -133,8 +133,8 @@ def _augmented_codebook(e: Tensor, rows: int) -> Tensor:
     # codes get equal values (the same reduction runs on every row)
     half_sq = torch.linalg.vector_norm(e, dim=1).square_().mul_(-0.5)
     parts = [e, half_sq[:, None]]
-    if rows > k:
-        pad = e.new_zeros(rows - k, d + 1)
+    if k_pad > k:
+        pad = e.new_zeros(k_pad - k, d + 1)
         pad[:, d] = float("-inf")
         return torch.cat([torch.cat(parts, 1), pad], 0)
     return torch.cat(parts, 1)  # cat: a contiguous copy several times faster than copy_ into a strided slice
