@@ -55,3 +55,18 @@ def test_training_lowers_the_loss_and_files_round_trip(tmp_path):
     again = load_captioner(str(tmp_path / "cap"))
     torch.testing.assert_close(again.caption_loss(images[:8], captions[:8]), right)
     del g
+
+
+def test_tokenize_drops_the_padding_past_the_longest_caption_and_no_logit_changes():
+    captions = ["a red circle", "a blue square in the top left"]
+    model = tiny(captions)
+    ids, mask = model.tokenize(captions)
+    longest = len(bpe_tokenize(captions[1:], 16)[0].nonzero())  # SOT .. EOT of the longer caption
+    assert ids.shape[1] == longest < model.config.max_tokens and mask.shape == (2, longest - 1)
+    assert mask[1].all() and int(mask[0].sum()) == len(bpe_tokenize(captions[:1], 16)[0].nonzero()) - 1
+    # the whole max_tokens window, padded as the tokenizer pads (id 0 -> <unknown>)
+    padded = torch.cat([ids, model.lut[0].expand(2, model.config.max_tokens - longest)], 1)
+    images = torch.randint(0, 256, (2, 3, 16, 16), generator=torch.Generator().manual_seed(2), dtype=torch.uint8)
+    with torch.no_grad():
+        short, full = model.next_token_logits(images, ids), model.next_token_logits(images, padded)
+    torch.testing.assert_close(short, full[:, : longest - 1], rtol=1e-5, atol=1e-5)

@@ -12,6 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from tqdm.auto import trange
 
 from bench.api import BuildContext, ComponentSpec, UserError
 from bench.components.weights_dir import read_weights_dir, save_weights_dir
@@ -101,7 +102,7 @@ def value_index(info: dict, attribute: str, values: list) -> int:
 
 # ---- training --------------------------------------------------------------------------------------
 def train_judge(images: Tensor, infos: list[dict], attributes: dict, args: JudgeTrainArgs,
-                device: str = "cpu") -> tuple[AttributeJudge, dict]:
+                device: str = "cpu", progress: bool = False) -> tuple[AttributeJudge, dict]:
     """Returns the judge and {"val_accuracy": all-correct accuracy on the held-back pairs, "val_n": ...}."""
     if not attributes:
         raise UserError("attribute-judge: the dataset declares no attributes to judge")
@@ -117,7 +118,7 @@ def train_judge(images: Tensor, infos: list[dict], attributes: dict, args: Judge
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
     gen = torch.Generator().manual_seed(args.seed + 1)
     judge.train()
-    for _ in range(args.steps):
+    for _ in trange(args.steps, desc="attribute judge", disable=not progress, leave=False, dynamic_ncols=True):
         idx = tr_idx[torch.randint(len(tr_idx), (min(args.batch_size, len(tr_idx)),), generator=gen)]
         logits = judge(images[idx].to(device))
         loss = sum(F.cross_entropy(logits[a], labels[a][idx].to(device)) for a in logits)
@@ -158,7 +159,7 @@ def build_judge(spec: ComponentSpec, ctx: BuildContext) -> AttributeJudge:
 
     def train() -> AttributeJudge:
         images, _captions, infos = ctx.dataset.pairs()
-        judge, report = train_judge(images, infos, ctx.dataset.attributes(), args, ctx.device)
+        judge, report = train_judge(images, infos, ctx.dataset.attributes(), args, ctx.device, ctx.progress)
         judge.report = report
         return judge
 
