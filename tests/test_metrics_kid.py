@@ -30,21 +30,31 @@ def feats(n: int, d: int, seed: int, shift: float) -> torch.Tensor:
     return torch.randn(n, d, generator=torch.Generator().manual_seed(seed), dtype=torch.float64) + shift
 
 
-def test_kid_equals_torchmetrics_on_full_sets():
+@pytest.mark.parametrize("gram", [True, False])  # the fast path (kernel matrices once) and its plain twin
+def test_kid_equals_torchmetrics_on_full_sets(gram):
     gen, ref = feats(40, 16, 0, 0.3), feats(50, 16, 1, 0.0)
-    ours, _, m = kernel_distance(gen.numpy(), ref.numpy(), subsets=3, subset_size=40, seed=0)
+    ours, _, m = kernel_distance(gen.numpy(), ref.numpy(), subsets=3, subset_size=40, seed=0, gram=gram)
     theirs, _ = torchmetrics_kid(gen, ref, subsets=3, subset_size=40, seed=0)
     assert m == 40
     assert ours == pytest.approx(theirs, rel=1e-9)
 
 
-def test_kid_equals_torchmetrics_with_subsets():
+@pytest.mark.parametrize("gram", [True, False])
+def test_kid_equals_torchmetrics_with_subsets(gram):
     gen, ref = feats(60, 8, 2, 0.5), feats(70, 8, 3, 0.0)
-    ours, ours_std, _ = kernel_distance(gen.numpy(), ref.numpy(), subsets=20, subset_size=25, seed=7)
+    ours, ours_std, _ = kernel_distance(gen.numpy(), ref.numpy(), subsets=20, subset_size=25, seed=7, gram=gram)
     theirs, theirs_std = torchmetrics_kid(gen, ref, subsets=20, subset_size=25, seed=7)
     assert ours == pytest.approx(theirs, rel=1e-9)
     assert ours_std == pytest.approx(theirs_std, rel=1e-9)
     assert ours > 0.01
+
+
+def test_kid_gram_fast_path_equals_the_per_subset_twin_and_is_the_default_at_bench_sizes():
+    gen, ref = feats(384, 1280, 4, 0.1), feats(500, 1280, 5, 0.0)
+    fast = kernel_distance(gen.numpy(), ref.numpy(), subsets=10, subset_size=300, seed=1, gram=True)
+    plain = kernel_distance(gen.numpy(), ref.numpy(), subsets=10, subset_size=300, seed=1, gram=False)
+    assert fast[0] == pytest.approx(plain[0], rel=1e-9) and fast[1] == pytest.approx(plain[1], rel=1e-7)
+    assert kernel_distance(gen.numpy(), ref.numpy(), subsets=10, subset_size=300, seed=1) == fast
 
 
 def test_kid_metric_rows(tmp_path):
