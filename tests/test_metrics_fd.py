@@ -11,7 +11,8 @@ from scipy import linalg
 from bench.api import SampleBatch, UserError
 from bench.features import EffNetLite0, gaussian_blur, missing_feature_resources
 from bench.metrics.fd import FDArgs, build_fd, missing_resources
-from bench.metrics.stats import frechet_distance, trace_sqrt_product, trace_sqrt_product_sqrtm
+from bench.metrics.stats import (feature_stats, frechet_distance, frechet_distance_of, trace_sqrt_product,
+                                 trace_sqrt_product_of_features, trace_sqrt_product_sqrtm)
 from metrics_testing import PixelClip, TensorDataset, make_ctx
 
 
@@ -68,6 +69,19 @@ def test_trace_sqrt_eigen_equals_sqrtm_twin():
     # one singular, one positive definite: the Cholesky of the second serves
     assert trace_sqrt_product(s3, s2) == pytest.approx(trace_sqrt_product_sqrtm(s3, s2), rel=1e-6)
     assert trace_sqrt_product(s1, s4) == pytest.approx(trace_sqrt_product_sqrtm(s1, s4), rel=1e-6)
+
+
+def test_trace_sqrt_of_features_equals_the_covariance_routes():
+    rng = np.random.default_rng(3)
+    mix = rng.normal(size=(40, 40))
+    for n1, n2 in ((20, 25), (25, 300), (200, 300)):  # below the dimension on both sides, on one, on none
+        x1, x2 = rng.normal(size=(n1, 40)) @ mix, rng.normal(size=(n2, 40)) @ mix + 0.5
+        s1, s2 = np.cov(x1, rowvar=False), np.cov(x2, rowvar=False)
+        fast = trace_sqrt_product_of_features(x1, x2)
+        assert fast == pytest.approx(trace_sqrt_product_sqrtm(s1, s2), rel=1e-6)
+        assert fast == pytest.approx(trace_sqrt_product(s1, s2), rel=1e-6 if min(n1, n2) < 40 else 1e-9)
+        a, b = feature_stats(x1), feature_stats(x2)
+        assert frechet_distance_of(a, b) == pytest.approx(frechet_distance(a.mu, a.sigma, b.mu, b.sigma), rel=1e-7)
 
 
 def test_frechet_distance_of_known_gaussians():

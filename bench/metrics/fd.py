@@ -12,7 +12,7 @@ import torch
 
 from bench.api import MetricValue, RunContext, SampleBatch, UserError
 from bench.features import FD_METRIC_NAME, FEATURES, missing_feature_resources
-from bench.metrics.stats import (FeatureStats, StreamingMetric, extract, feature_stats, frechet_distance,
+from bench.metrics.stats import (FeatureStats, StreamingMetric, extract, feature_stats, frechet_distance_of,
                                  get_extractor, reference_stats)
 from bench.registry import METRICS
 
@@ -107,7 +107,7 @@ class FrechetDistance(FeatureMetric):
         return FD_METRIC_NAME[self.args.features]
 
     def _score(self, gen: FeatureStats, ref: FeatureStats, r: int) -> tuple[float, dict]:
-        value = frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
+        value = frechet_distance_of(gen, ref)
         extra = {}
         low = min(gen.n, ref.n)
         if low < gen.dim:

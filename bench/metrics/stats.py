@@ -87,11 +87,36 @@ def trace_sqrt_product_sqrtm(s1: np.ndarray, s2: np.ndarray) -> float:
     return float(np.real(np.trace(root)))
 
 
-def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray) -> float:
-    """||mu1 - mu2||^2 + tr(s1) + tr(s2) - 2 tr sqrt(s1 s2), in float64."""
+def trace_sqrt_product_of_features(x1: np.ndarray, x2: np.ndarray) -> float:
+    """tr sqrt(S1 S2) for the ddof=1 covariances of feature sets x1 [n1,D] and x2 [n2,D], never forming them.
+
+    S_i = C_i^T C_i / (n_i - 1) with C_i the centred features, and the nonzero eigenvalues of C1^T C1 C2^T C2
+    are those of (C1 C2^T)(C1 C2^T)^T, so the trace is the sum of the singular values of the [n1,n2] matrix
+    C1 C2^T over sqrt((n1 - 1)(n2 - 1)). With fewer samples than dimensions (the rank-deficient case) that is
+    a small SVD in place of D x D eigenproblems: 384 1280-d samples a side, ~1.5 s -> ~0.05 s (float64).
+    """
+    c1, c2 = (np.asarray(x, dtype=np.float64) for x in (x1, x2))
+    c1, c2 = c1 - c1.mean(axis=0), c2 - c2.mean(axis=0)
+    singular = np.linalg.svd(c1 @ c2.T, compute_uv=False)
+    return float(singular.sum() / np.sqrt((c1.shape[0] - 1) * (c2.shape[0] - 1)))
+
+
+def frechet_distance(mu1: np.ndarray, s1: np.ndarray, mu2: np.ndarray, s2: np.ndarray,
+                     trace_sqrt: float | None = None) -> float:
+    """||mu1 - mu2||^2 + tr(s1) + tr(s2) - 2 tr sqrt(s1 s2), in float64 (trace_sqrt: tr sqrt(s1 s2) if known)."""
     diff = np.asarray(mu1, np.float64) - np.asarray(mu2, np.float64)
-    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt_product(s1, s2))
+    if trace_sqrt is None:
+        trace_sqrt = trace_sqrt_product(s1, s2)
+    value = float(diff @ diff + np.trace(s1) + np.trace(s2) - 2.0 * trace_sqrt)
     return max(value, 0.0) if value > -1e-9 * (np.trace(s1) + np.trace(s2) + 1.0) else value
+
+
+def frechet_distance_of(a: FeatureStats, b: FeatureStats) -> float:
+    """The Fréchet distance between two feature sets: through the features' [n_a,n_b] cross product when either
+    has fewer samples than dimensions, else through the covariances (`frechet_distance`, the plain twin)."""
+    if min(a.n, b.n) < a.dim:
+        return frechet_distance(a.mu, a.sigma, b.mu, b.sigma, trace_sqrt_product_of_features(a.features, b.features))
+    return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
 # ---- cached reference statistics ---------------------------------------------------------------
