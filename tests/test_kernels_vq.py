@@ -112,6 +112,22 @@ def test_every_backend_finds_the_known_code(kernel_device, n, k, d, scale, offse
         assert torch.equal(fn(z, e), target), name
 
 
+@pytest.mark.parametrize("whole", [True, False], ids=["whole-d", "stepped-d"])
+@pytest.mark.parametrize("n,k,d", [(33, 70, 20), (5, 40, 3), (40, 100, 32)])
+def test_triton_whole_d_and_stepped_tiles_both_keep_the_promise(kernel_device, whole, n, k, d):
+    """The kernel's two forms (z tile loaded once and one tl.dot per code tile, or D walked in steps) on the
+    same inputs, whatever the autotuner would pick."""
+    meta = {"BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_D": vq_mod._whole_d_block(d) if whole else 16, "WHOLE_D": whole}
+    g = torch.Generator().manual_seed(n + k + d)
+    z, e = torch.randn(n, d, generator=g).to(kernel_device), torch.randn(k, d, generator=g).to(kernel_device)
+    idx, dist = vq_mod._lookup_triton(z, e, meta)
+    assert check_guarantee(z, e, idx, vq_lookup(z, e, backend="full")) >= n - 1
+    torch.testing.assert_close(dist.cpu(), exact_distances(z, e).gather(1, idx.cpu()[:, None]).squeeze(1).float(),
+                               rtol=1e-4, atol=1e-4)
+    zs, es, target = well_separated(n, k, d, seed=3, device=kernel_device)
+    assert torch.equal(vq_mod._lookup_triton(zs, es, meta)[0].long(), target)
+
+
 @pytest.mark.parametrize("k", [70, 300])
 def test_duplicated_codes_tie_to_the_lowest_index(kernel_device, k):
     g = torch.Generator().manual_seed(3)
@@ -287,3 +303,31 @@ def test_cuda_fast_modes_stay_within_the_stated_tolerance(mode):
     for name, idx in runs.items():
         chosen = exact.gather(1, idx.cpu()[:, None]).squeeze(1)
         assert (chosen - exact.min(1).values <= bound).all(), (mode, name)
+
+
+@pytest.mark.parametrize("mode", ["exact", "tf32", "bfloat16"])
+@pytest.mark.cuda
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA device")
+def test_cuda_every_autotune_config_keeps_the_promise(mode):
+    """Each tile the autotuner may pick at the paper's D=256, launched on its own (the autotuner would skip a
+    config that fails to compile or launch without a word): it runs or is out of resources, and keeps the promise."""
+    from triton.runtime.errors import OutOfResources
+
+    g = torch.Generator().manual_seed(5)
+    z, e = torch.randn(1000, 256, generator=g), torch.randn(3000, 256, generator=g)
+    exact = exact_distances(z, e)
+    bound = 2 * distance_error_bound(z, e, mode)
+    torch.backends.cuda.matmul.allow_tf32 = mode == "tf32"  # restored by the exact_fp32 fixture
+    dt = torch.bfloat16 if mode == "bfloat16" else torch.float32
+    zc, ec = z.to(dt).cuda(), e.to(dt).cuda()
+    tuned = vq_mod._triton_kernel(False)[1]
+    ran = []
+    for c in tuned.early_config_prune(tuned.configs, {"D": 256}):
+        try:
+            idx, _ = vq_mod._lookup_triton(zc, ec, {**c.kwargs, "num_warps": c.num_warps, "num_stages": c.num_stages})
+        except OutOfResources:
+            continue
+        chosen = exact.gather(1, idx.long().cpu()[:, None]).squeeze(1)
+        assert (chosen - exact.min(1).values <= bound).all(), (mode, c)
+        ran.append(c.kwargs["WHOLE_D"])
+    assert any(ran) and not all(ran), ran  # both forms ran on this device

@@ -219,30 +219,43 @@ def _triton_kernel(interpret: bool):
         N, K, D,
         stride_zn, stride_zd, stride_ek, stride_ed,
         BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
-        PRECISION: tl.constexpr,
+        PRECISION: tl.constexpr, WHOLE_D: tl.constexpr,
     ):
+        # WHOLE_D (BLOCK_D >= D): the rows' z tile is loaded once and each code tile is one tl.dot, so the
+        # code loop is the only loop and the compiler can pipeline its loads; otherwise D is walked in
+        # BLOCK_D steps inside every code tile
         pid = tl.program_id(0)
         rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         row_ok = rows < N
         rows64 = rows.to(tl.int64)
         offs_d = tl.arange(0, BLOCK_D)
+        if WHOLE_D:
+            z_whole = tl.load(  # [BLOCK_N, BLOCK_D]
+                z_ptr + rows64[:, None] * stride_zn + offs_d[None, :] * stride_zd,
+                mask=row_ok[:, None] & (offs_d < D)[None, :], other=0.0)
         best = tl.full([BLOCK_N], float("inf"), tl.float32)
         best_idx = tl.zeros([BLOCK_N], tl.int32)
         for k0 in range(0, K, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             col_ok = cols < K
             cols64 = cols.to(tl.int64)
-            acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
-            for d0 in range(0, D, BLOCK_D):
-                dd = d0 + offs_d
-                d_ok = dd < D
-                z_tile = tl.load(  # [BLOCK_N, BLOCK_D]
-                    z_ptr + rows64[:, None] * stride_zn + dd[None, :] * stride_zd,
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+            if WHOLE_D:
                 e_tile = tl.load(  # [BLOCK_D, BLOCK_K]: the codebook tile, transposed by indexing
-                    e_ptr + cols64[None, :] * stride_ek + dd[:, None] * stride_ed,
-                    mask=d_ok[:, None] & col_ok[None, :], other=0.0)
-                acc = tl.dot(z_tile, e_tile, acc, input_precision=PRECISION)
+                    e_ptr + cols64[None, :] * stride_ek + offs_d[:, None] * stride_ed,
+                    mask=(offs_d < D)[:, None] & col_ok[None, :], other=0.0)
+                acc = tl.dot(z_whole, e_tile, input_precision=PRECISION)
+            else:
+                acc = tl.zeros([BLOCK_N, BLOCK_K], tl.float32)
+                for d0 in range(0, D, BLOCK_D):
+                    dd = d0 + offs_d
+                    d_ok = dd < D
+                    z_tile = tl.load(  # [BLOCK_N, BLOCK_D]
+                        z_ptr + rows64[:, None] * stride_zn + dd[None, :] * stride_zd,
+                        mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+                    e_tile = tl.load(  # [BLOCK_D, BLOCK_K]
+                        e_ptr + cols64[None, :] * stride_ek + dd[:, None] * stride_ed,
+                        mask=d_ok[:, None] & col_ok[None, :], other=0.0)
+                    acc = tl.dot(z_tile, e_tile, acc, input_precision=PRECISION)
             e_sq = tl.load(esq_ptr + cols, mask=col_ok, other=float("inf"))
             dist = e_sq[None, :] - 2.0 * acc  # ||z-e||^2 - ||z||^2; +inf past K
             tile_best, tile_arg = tl.min(dist, axis=1, return_indices=True,
@@ -255,24 +268,45 @@ def _triton_kernel(interpret: bool):
 
     if interpret:
         return vq_argmin_kernel, None
-    configs = [
-        triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 32}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_N": 128, "BLOCK_K": 256, "BLOCK_D": 32}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 32}, num_warps=4, num_stages=4),
-        triton.Config({"BLOCK_N": 64, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=4, num_stages=3),
-        triton.Config({"BLOCK_N": 64, "BLOCK_K": 64, "BLOCK_D": 32}, num_warps=4, num_stages=2),
-        # untried candidates for bf16/fp16, where session 1's H100 reached only 43% of the matmul rate: wider
-        # D steps (fewer loop trips per code tile) and deeper pipelines; the autotuner drops any that fail
-        triton.Config({"BLOCK_N": 128, "BLOCK_K": 128, "BLOCK_D": 128}, num_warps=8, num_stages=3),
-        triton.Config({"BLOCK_N": 128, "BLOCK_K": 256, "BLOCK_D": 64}, num_warps=8, num_stages=4),
-        triton.Config({"BLOCK_N": 256, "BLOCK_K": 128, "BLOCK_D": 64}, num_warps=8, num_stages=3),
+    stepped = [  # D walked in BLOCK_D steps inside each code tile: any D
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": bd, "WHOLE_D": False}, num_warps=w, num_stages=st)
+        for bn, bk, bd, w, st in ((128, 128, 32, 8, 3), (128, 128, 64, 8, 3), (128, 256, 32, 8, 3),
+                                  (128, 128, 32, 4, 4), (64, 128, 64, 4, 3), (64, 64, 32, 4, 2),
+                                  (128, 128, 128, 8, 3), (128, 256, 64, 8, 4), (256, 128, 64, 8, 3))
     ]
-    tuned = triton.autotune(configs=configs, key=["K", "D", "PRECISION"])(vq_argmin_kernel)
+    # whole-D tiles (BLOCK_D set to D's power of two by _prune, for D <= _WHOLE_D_MAX). Not yet timed on a GPU.
+    # Compiled for sm_90 here (benchmarks/kernel_resources.py): with bf16 inputs the stepped kernel gets one
+    # shared-memory stage whatever num_stages asks (its TF32 build gets them all), the suspect for session 1's
+    # 43% of the bf16 matmul rate; these whole-D tiles keep bf16 at D=256 free of spills with 2-4 stages of code
+    # loads in flight. TF32 at D=256 fits only the 64 x 32 tile; the autotuner skips what a device cannot hold.
+    whole = [
+        triton.Config({"BLOCK_N": bn, "BLOCK_K": bk, "BLOCK_D": 0, "WHOLE_D": True}, num_warps=w, num_stages=st)
+        for bn, bk, w, st in ((128, 64, 8, 3), (64, 64, 4, 4), (128, 32, 4, 4), (64, 32, 4, 3))
+    ]
+
+    def _prune(configs, named_args, **kwargs):
+        block_d = _whole_d_block(named_args["D"])
+        return [c if not c.kwargs["WHOLE_D"] else
+                triton.Config({**c.kwargs, "BLOCK_D": block_d}, num_warps=c.num_warps, num_stages=c.num_stages)
+                for c in configs if not c.kwargs["WHOLE_D"] or block_d <= _WHOLE_D_MAX]
+
+    tuned = triton.autotune(configs=stepped + whole, key=["K", "D", "PRECISION"],
+                            prune_configs_by={"early_config_prune": _prune})(vq_argmin_kernel)
     return vq_argmin_kernel, tuned
 
 
-def _lookup_triton(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
+_WHOLE_D_MAX = 256
+
+
+def _whole_d_block(d: int) -> int:
+    """BLOCK_D for a whole-D tile: D's power of two, at least 16 (tl.dot's smallest)."""
+    return max(16, 1 << (int(d) - 1).bit_length())
+
+
+def _lookup_triton(z: Tensor, codebook: Tensor, meta: dict | None = None) -> tuple[Tensor, Tensor]:
+    """meta: fixed tile parameters (BLOCK_N, BLOCK_K, BLOCK_D, WHOLE_D[, num_warps, num_stages]) instead of the
+    autotuner's pick; under the interpreter the default is small tiles, whole-D for D <= 32 and stepped above,
+    so that the tests exercise both forms and the masks."""
     if z.device.type != "cuda" and not _interpret():
         raise ValueError("vq_lookup: backend='triton' needs CUDA tensors "
                          "(or TRITON_INTERPRET=1 set before the first triton call, to run on CPU)")
@@ -294,10 +328,13 @@ def _lookup_triton(z: Tensor, codebook: Tensor) -> tuple[Tensor, Tensor]:
     plain, tuned = _triton_kernel(interpret)
     args = (z, codebook, e_sq, idx, best, n, k, d,
             z.stride(0), z.stride(1), codebook.stride(0), codebook.stride(1))
-    if tuned is None:  # interpreter: small fixed tiles so that the masks get exercised
-        plain[(triton_cdiv(n, 16),)](*args, BLOCK_N=16, BLOCK_K=32, BLOCK_D=16, PRECISION=precision)
+    if meta is None and tuned is None:
+        whole = d <= 32
+        meta = {"BLOCK_N": 16, "BLOCK_K": 32, "BLOCK_D": _whole_d_block(d) if whole else 16, "WHOLE_D": whole}
+    if meta is None:
+        tuned[lambda m: (triton_cdiv(n, m["BLOCK_N"]),)](*args, PRECISION=precision)
     else:
-        tuned[lambda meta: (triton_cdiv(n, meta["BLOCK_N"]),)](*args, PRECISION=precision)
+        plain[(triton_cdiv(n, meta["BLOCK_N"]),)](*args, PRECISION=precision, **meta)
     z32 = _as_fp32(z)
     dist = (z32 * z32).sum(1).add_(best).clamp_min_(0.0)
     return idx.long(), dist
