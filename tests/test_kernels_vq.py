@@ -126,6 +126,9 @@ def test_triton_whole_d_and_stepped_tiles_both_keep_the_promise(kernel_device, w
                                rtol=1e-4, atol=1e-4)
     zs, es, target = well_separated(n, k, d, seed=3, device=kernel_device)
     assert torch.equal(vq_mod._lookup_triton(zs, es, meta)[0].long(), target)
+    if whole and d > 16:  # a whole-D tile narrower than D would read only part of each vector
+        with pytest.raises(ValueError, match="BLOCK_D >= D"):
+            vq_mod._lookup_triton(z, e, {**meta, "BLOCK_D": 16})
 
 
 @pytest.mark.parametrize("k", [70, 300])

@@ -334,6 +334,8 @@ def _lookup_triton(z: Tensor, codebook: Tensor, meta: dict | None = None) -> tup
     if meta is None:
         tuned[lambda m: (triton_cdiv(n, m["BLOCK_N"]),)](*args, PRECISION=precision)
     else:
+        if meta["WHOLE_D"] and meta["BLOCK_D"] < d:
+            raise ValueError(f"vq_lookup: a whole-D tile needs BLOCK_D >= D={d}, got {meta['BLOCK_D']}")
         plain[(triton_cdiv(n, meta["BLOCK_N"]),)](*args, PRECISION=precision, **meta)
     z32 = _as_fp32(z)
     dist = (z32 * z32).sum(1).add_(best).clamp_min_(0.0)
