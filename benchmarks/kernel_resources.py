@@ -27,12 +27,12 @@ MODES = (("fp32", "ieee"), ("fp32", "tf32"), ("bf16", "ieee"))
 SMEM_LIMIT = 227 * 1024
 
 
-def signature(dtype: str) -> dict:
-    ptr = "*" + dtype
-    sig = {"z_ptr": ptr, "e_ptr": ptr, "esq_ptr": "*fp32", "idx_ptr": "*i32", "best_ptr": "*fp32"}
-    sig.update({name: "i32" for name in ("N", "K", "D", "stride_zn", "stride_zd", "stride_ek", "stride_ed")})
-    sig.update({name: "constexpr" for name in ("BLOCK_N", "BLOCK_K", "BLOCK_D", "PRECISION", "WHOLE_D")})
-    return sig
+def signature(kernel, dtype: str) -> dict:
+    """The kernel's parameters, read from it, typed as vq_lookup calls it with `dtype` inputs."""
+    pointers = {"z_ptr": "*" + dtype, "e_ptr": "*" + dtype, "esq_ptr": "*fp32", "idx_ptr": "*i32",
+                "best_ptr": "*fp32"}
+    return {name: "constexpr" if i in kernel.constexprs else pointers.get(name, "i32")
+            for i, name in enumerate(kernel.arg_names)}
 
 
 def registers_and_spill(cubin: bytes) -> tuple[int, int]:
@@ -58,7 +58,7 @@ def main() -> None:
         tile = (f"{'whole-D' if k['WHOLE_D'] else 'stepped'} {k['BLOCK_N']}x{k['BLOCK_K']}x{k['BLOCK_D']} "
                 f"w{cfg.num_warps} s{cfg.num_stages}")
         for dtype, precision in MODES:
-            src = ASTSource(kernel, signature(dtype), constexprs={**k, "PRECISION": precision})
+            src = ASTSource(kernel, signature(kernel, dtype), constexprs={**k, "PRECISION": precision})
             compiled = triton.compile(src, target=target,
                                       options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
             reg, spill = registers_and_spill(compiled.asm["cubin"])
