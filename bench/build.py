@@ -6,22 +6,56 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+import torch
+
 from bench.api import UserError
-from bench.cache import cached_artefact
+from bench.cache import artefact_dir, cached_artefact
 from bench.registry import COMPONENTS, SYSTEMS
 from bench.suite import Suite
 
+Item = tuple[str, str]  # ("component", name) or ("system", alias)
+
+
+class NeedsTraining(Exception):
+    """Raised instead of training by a Builder that leaves training to build workers (bench/build_pool.py)."""
+
+    def __init__(self, item: Item):
+        super().__init__(f"{item[0]} {item[1]!r} needs training")
+        self.item = item  # the innermost component or system whose artefact is missing
+
 
 class Builder:
-    def __init__(self, suite: Suite, dataset: Any, device: str, cache_dir: str, progress: bool = True):
+    """Builds components and systems once each, loading trained artefacts from the cache or training them.
+
+    Training threads change the numbers (float reduction order), so every artefact's key names where it was
+    trained: the device type and, on a CPU, the thread count. `build_threads` is that count (default: this
+    process's torch threads); `defer_training` makes a missing artefact raise NeedsTraining instead.
+    """
+
+    def __init__(self, suite: Suite, dataset: Any, device: str, cache_dir: str, progress: bool = True,
+                 build_threads: int | None = None, defer_training: bool = False):
         self.suite = suite
         self.dataset = dataset
         self.device = device
         self.cache_dir = cache_dir
         self.progress = progress
+        self.build_threads = build_threads
+        self.defer_training = defer_training
         self._components: dict[str, Any] = {}
         self._systems: dict[str, Any] = {}
-        self._building: list[str] = []
+        self._building: list[Item] = []
+
+    def build(self, item: Item) -> Any:
+        kind, name = item
+        return self.component(name) if kind == "component" else self.system(name)
+
+    def trained_on(self) -> dict:
+        if not self.device.startswith("cpu"):
+            return {"device": self.device.split(":")[0]}
+        return {"device": "cpu", "threads": self.build_threads or torch.get_num_threads()}
+
+    def _cycle(self, item: Item) -> str:
+        return " -> ".join(name for _, name in self._building + [item])
 
     # ---- BuildContext ----------------------------------------------------------------------
     def component(self, name: str) -> Any:
@@ -29,9 +63,10 @@ class Builder:
             spec = self.suite.components.get(name)
             if spec is None:
                 raise UserError(f"no component named {name!r}; declared: {', '.join(self.suite.components) or '(none)'}")
-            if name in self._building:
-                raise UserError(f"components depend on each other in a cycle: {' -> '.join(self._building + [name])}")
-            self._building.append(name)
+            item = ("component", name)
+            if item in self._building:
+                raise UserError(f"components depend on each other in a cycle: {self._cycle(item)}")
+            self._building.append(item)
             try:
                 self._components[name] = COMPONENTS.get(spec.kind).factory(spec, self)
             finally:
@@ -40,6 +75,9 @@ class Builder:
 
     def cached(self, kind: str, key: dict, train: Callable[[], Any], save: Callable[[Any, str], None],
                load: Callable[[str], Any]) -> Any:
+        key = {**key, "trained_on": self.trained_on()}
+        if self.defer_training and self._building and not (artefact_dir(self.cache_dir, kind, key) / "key.json").exists():
+            raise NeedsTraining(self._building[-1])
         return cached_artefact(self.cache_dir, kind, key, train, save, load)
 
     def key_of(self, name: str) -> dict:
@@ -58,9 +96,10 @@ class Builder:
         """A system by alias (systems may wrap others, e.g. `random-caption` of `clipgen`)."""
         if alias not in self._systems:
             spec = self.suite.system(alias)
-            if alias in self._building:
-                raise UserError(f"systems refer to each other in a cycle: {' -> '.join(self._building + [alias])}")
-            self._building.append(alias)
+            item = ("system", alias)
+            if item in self._building:
+                raise UserError(f"systems refer to each other in a cycle: {self._cycle(item)}")
+            self._building.append(item)
             try:
                 system = SYSTEMS.get(spec.name).factory(spec.args, self)
             finally:

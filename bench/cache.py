@@ -20,11 +20,20 @@ def key_hash(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def _full_key(kind: str, key: dict) -> dict:
+    return {"kind": kind, "key": key, "bench_version": bench.__version__}
+
+
+def artefact_dir(root: str | Path, kind: str, key: dict) -> Path:
+    """Where the artefact of (kind, key) lives; it is complete once `key.json` is there."""
+    return Path(root) / kind / key_hash(_full_key(kind, key))
+
+
 def cached_artefact(root: str | Path, kind: str, key: dict, train: Callable[[], Any],
                     save: Callable[[Any, str], None], load: Callable[[str], Any]) -> Any:
     """Load `<root>/<kind>/<hash>` if complete, else train, save into a temp dir, rename into place."""
-    full_key = {"kind": kind, "key": key, "bench_version": bench.__version__}
-    target = Path(root) / kind / key_hash(full_key)
+    full_key = _full_key(kind, key)
+    target = artefact_dir(root, kind, key)
     if (target / "key.json").exists():
         return load(str(target))
     obj = train()

@@ -59,7 +59,11 @@ def cli() -> None:
               help="generate with N processes (captions sharded); metrics are computed once, at the end")
 @click.option("--shard", default=None, metavar="R/N",
               help="only generate shard R of N into --out (no metrics); a later plain run measures")
-def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shard) -> None:
+@click.option("--build-workers", type=click.IntRange(min=1), default=None,
+              help="train what is not cached in N processes of cores/N threads each; 1: in this process with "
+                   "all threads (default: 2 on a CPU with 2 or more cores, else 1). The thread count changes the "
+                   "trained weights and is part of their cache key")
+def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shard, build_workers) -> None:
     """Run SUITE: train or load what it names, generate, measure, print the table.
 
     Under torchrun (WORLD_SIZE > 1) each rank generates its shard and rank 0 measures.
@@ -74,7 +78,9 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
         from bench.runner import Runner
         from bench.sharding import parse_shard, run_sharded, run_torchrun
 
-        common = dict(out_dir=out_dir, device=device, limit=limit, progress=not quiet)
+        if build_workers is None:
+            build_workers = default_build_workers(device)
+        common = dict(out_dir=out_dir, device=device, limit=limit, progress=not quiet, build_workers=build_workers)
         if shard is not None:
             rank, world = parse_shard(shard)
             Runner(suite, rank=rank, world=world, **common).run_shard()
@@ -217,6 +223,44 @@ def compare(run_dir, baseline_csv, tolerances) -> None:
     sys.exit(0 if ok else 1)
 
 
+def default_build_workers(device: str) -> int:
+    from bench.build import default_threads
+
+    return 2 if device == "cpu" and default_threads() >= 2 else 1
+
+
+@cli.command(name="build-item", hidden=True)
+@click.argument("suite_path", metavar="SUITE")
+@click.option("--item", required=True, metavar="KIND:NAME", help="component:NAME or system:ALIAS")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), required=True)
+def build_item(suite_path, item, overrides, device, threads) -> None:
+    """(internal) Train one component or system of SUITE into BENCH_CACHE: a `bench run --build-workers` worker."""
+    import torch
+
+    from bench.api import UserError
+    from bench.build import Builder
+    from bench.cache import cache_dir
+    from bench.datasets.base import build_dataset
+    from bench.suite import load_suite
+
+    kind, _, name = item.partition(":")
+    try:
+        if kind not in ("component", "system") or not name:
+            raise UserError(f"--item {item!r}: expected component:NAME or system:ALIAS")
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(True)
+        suite = load_suite(suite_path, overrides)
+        if (kind == "component" and name not in suite.components) or \
+                (kind == "system" and name not in {s.alias for s in suite.systems}):
+            raise UserError(f"--item {item!r}: {suite_path} declares no {kind} {name!r}")
+        builder = Builder(suite, build_dataset(suite.dataset), device, str(cache_dir()), build_threads=threads)
+        builder.build((kind, name))
+    except UserError as err:
+        _fail(str(err))
+
+
 @cli.command()
 def info() -> None:
     """Print the runtime settings bench runs with (allocator, OpenMP spinning, threads, devices)."""
@@ -229,6 +273,8 @@ def info() -> None:
     for k in PROCESS_ENV:
         click.echo(f"{k}={os.environ.get(k, '(unset)')}")
     click.echo(f"threads={default_threads()}")
+    click.echo(f"build_workers={default_build_workers('cpu')} (threads each: "
+               f"{max(1, default_threads() // default_build_workers('cpu'))})")
     click.echo(f"torch={torch.__version__} cuda_available={torch.cuda.is_available()}")
     click.echo(f"BENCH_CACHE={cache_dir()}")
 

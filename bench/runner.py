@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from bench.api import CaptionItem, RunContext, SampleBatch, TimingRecord, UserError
 from bench.build import Builder, default_threads
+from bench.build_pool import prebuild, worker_threads
 from bench.cache import atomic_write_bytes, cache_dir
 from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
@@ -133,7 +134,7 @@ class Runner:
 
     def __init__(self, suite: Suite, out_dir: str | Path | None = None, device: str = "cpu", limit: int | None = None,
                  fresh: bool = False, progress: bool = True, cache: str | Path | None = None, rank: int = 0,
-                 world: int = 1):
+                 world: int = 1, build_workers: int = 1):
         if not 0 <= rank < world:
             raise UserError(f"shard {rank}/{world}: need 0 <= rank < world")
         self.suite = suite
@@ -144,6 +145,7 @@ class Runner:
         self.progress = progress
         self.cache = str(cache or cache_dir())
         self.rank, self.world = rank, world
+        self.build_workers = build_workers  # > 1: train missing artefacts in worker processes (bench/build_pool.py)
 
     # ---- the whole job ---------------------------------------------------------------------
     def run(self) -> Results:
@@ -170,7 +172,13 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "suite.resolved.json").write_text(json.dumps(self.suite.resolved, indent=1, default=str))
         dataset = build_dataset(self.suite.dataset)
-        builder = Builder(self.suite, dataset, self.device, self.cache, progress=self.progress)
+        if self.build_workers > 1:
+            threads = worker_threads(self.build_workers, default_threads())
+            builder = Builder(self.suite, dataset, self.device, self.cache, progress=self.progress,
+                              build_threads=threads, defer_training=True)
+            prebuild(builder, self.suite, self.build_workers, threads, self.out / "build-logs", self.progress)
+        else:
+            builder = Builder(self.suite, dataset, self.device, self.cache, progress=self.progress)
         items = dataset.eval_captions()
         if self.limit is not None:
             items = items[: self.limit]

@@ -28,12 +28,14 @@ def parse_shard(text: str) -> tuple[int, int]:
     return rank, world
 
 
-def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_dir, device, limit, progress):
+def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_dir, device, limit, progress,
+                build_workers: int = 1):
     """Build in this process, generate in `nproc` child processes, measure here."""
-    runner = Runner(suite, out_dir=out_dir, device=device, limit=limit, fresh=fresh, progress=progress)
+    runner = Runner(suite, out_dir=out_dir, device=device, limit=limit, fresh=fresh, progress=progress,
+                    build_workers=build_workers)
     builder, dataset, items, systems = runner.prepare()  # trains and caches every component first
     base = [sys.executable, "-m", "bench", "run", str(suite_path), "--out", str(runner.out), "--device", device,
-            "--quiet"]
+            "--quiet", "--build-workers", str(runner.build_workers)]  # the same cache keys: all is loaded
     for assignment in overrides:
         base += ["--set", assignment]
     if limit is not None:
@@ -47,7 +49,7 @@ def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_
     return runner, runner.measure(builder, dataset, items, systems)
 
 
-def run_torchrun(suite, fresh: bool, out_dir, device, limit, progress):
+def run_torchrun(suite, fresh: bool, out_dir, device, limit, progress, build_workers: int = 1):
     """Under torchrun: rank 0 builds first, every rank generates its shard, rank 0 measures."""
     import torch.distributed as dist
 
@@ -57,7 +59,7 @@ def run_torchrun(suite, fresh: bool, out_dir, device, limit, progress):
         if device == "cuda":
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         runner = Runner(suite, out_dir=out_dir, device=device, limit=limit, fresh=fresh and rank == 0,
-                        progress=progress and rank == 0, rank=rank, world=world)
+                        progress=progress and rank == 0, rank=rank, world=world, build_workers=build_workers)
         if rank == 0:
             prepared = runner.prepare()
         dist.barrier()  # the cache is filled: the other ranks load instead of training

@@ -18,7 +18,7 @@ import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
@@ -89,6 +89,7 @@ class Suite:
     metrics: tuple[MetricSpec, ...]
     reported: tuple[ReportedRow, ...]
     resolved: dict  # the merged YAML after includes and overrides (provenance, hashing)
+    overrides: tuple[str, ...] = ()  # the --set assignments it was loaded with (to load it again elsewhere)
 
     def system(self, alias: str) -> SystemSpec:
         for s in self.systems:
@@ -494,7 +495,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
     return Suite(suite=data["suite"], version=data["version"], path=str(path), description=data.get("description", ""),
                  dataset=dataset, generation=generation, components=components,
-                 systems=tuple(systems), metrics=tuple(metrics), reported=reported, resolved=data)
+                 systems=tuple(systems), metrics=tuple(metrics), reported=reported, resolved=data,
+                 overrides=tuple(overrides))
 
 
 def _dataset_spec(c: _Checker, raw: Any, path: tuple, inherit: dict) -> DatasetSpec:
@@ -526,25 +528,31 @@ def _dataset_keys(ds: Any) -> tuple[str, ...]:
     return ("name",) + tuple(f.name for f in dataclasses.fields(args)) if args else ("name",)
 
 
-def _check_refs(c: _Checker, args: Any, path: tuple, components: dict[str, ComponentSpec], aliases: set[str]) -> None:
+def references(args: Any, path: tuple = ()) -> Iterator[tuple[tuple, str, str, Any]]:
+    """The arguments that name another part of the suite: (path, "component" or "system", the component kind
+    wanted or "", value), from registry field metadata, through nested dataclasses; unset (None) ones skipped."""
     if args is None or not dataclasses.is_dataclass(args):
         return
     for f in dataclasses.fields(args):
         value = getattr(args, f.name)
         if dataclasses.is_dataclass(value):
-            _check_refs(c, value, path + (f.name,), components, aliases)
-            continue
-        if value is None:
-            continue
-        kind = f.metadata.get("component")
-        if kind:
+            yield from references(value, path + (f.name,))
+        elif value is not None and f.metadata.get("component"):
+            yield path + (f.name,), "component", f.metadata["component"], value
+        elif value is not None and f.metadata.get("system"):
+            yield path + (f.name,), "system", "", value
+
+
+def _check_refs(c: _Checker, args: Any, path: tuple, components: dict[str, ComponentSpec], aliases: set[str]) -> None:
+    for where, what, kind, value in references(args, path):
+        if what == "component":
             if value not in components:
-                c.fail(path + (f.name,), f"no component named {value!r} is declared under components:; "
-                                         f"allowed: {', '.join(components) or '(none declared)'}")
+                c.fail(where, f"no component named {value!r} is declared under components:; "
+                              f"allowed: {', '.join(components) or '(none declared)'}")
             if components[value].kind != kind:
-                c.fail(path + (f.name,), f"component {value!r} is a {components[value].kind}, expected a {kind}")
-        if f.metadata.get("system") and value not in aliases:
-            c.fail(path + (f.name,), f"no other system with alias {value!r}; allowed: {', '.join(sorted(aliases)) or '(none)'}")
+                c.fail(where, f"component {value!r} is a {components[value].kind}, expected a {kind}")
+        elif value not in aliases:
+            c.fail(where, f"no other system with alias {value!r}; allowed: {', '.join(sorted(aliases)) or '(none)'}")
 
 
 def _reported(c: _Checker, raw: Any) -> tuple[ReportedRow, ...]:

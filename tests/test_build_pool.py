@@ -1,0 +1,129 @@
+"""Build workers (`bench run --build-workers N`): what they train equals an in-process build with the same
+thread count, byte for byte; the cache key names the thread count; failures surface as one error."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench.build import Builder, NeedsTraining
+from bench.build_pool import build_order, prebuild
+from bench.datasets.base import build_dataset
+from bench.suite import load_suite, references
+
+REPO = Path(__file__).resolve().parents[1]
+
+SUITE = """suite: pool
+version: 1
+dataset: {name: shapes, resolution: 32, num_captions: 12, train_size: 256, pairs_size: 256}
+generation: {batch_size: 6, seeds: [0]}
+components:
+  clip:  {kind: clip, train: {preset: tiny, steps: 3, batch_size: 32}}
+  vqgan: {kind: vqgan, train: {preset: tiny, steps: 3}}
+  judge: {kind: attribute-judge, train: {steps: 3}}
+systems:
+  - {name: clipgen, alias: lf, args: {clip: clip, vqgan: vqgan, train: {preset: tiny, steps: 3}}}
+  - {name: random-caption, args: {of: lf}}
+  - {name: vqgan-recon, args: {vqgan: vqgan}}
+metrics:
+  - {name: attribute-accuracy, args: {judge: judge}}
+"""
+
+
+@pytest.fixture
+def suite_file(tmp_path):
+    path = tmp_path / "pool.yaml"
+    path.write_text(SUITE)
+    return path
+
+
+def _depends_on(suite, item):
+    kind, name = item
+    args = suite.components[name].train if kind == "component" else suite.system(name).args
+    return {(what, value) for _, what, _, value in references(args)}
+
+
+@pytest.mark.parametrize("name", ["quickstart", "shapes", "fashion"])
+def test_build_order_puts_dependencies_first_and_the_shared_ones_first(name):
+    suite = load_suite(REPO / "suites" / f"{name}.yaml")
+    order = build_order(suite)
+    assert len(order) == len(suite.components) + len(suite.systems) == len(set(order))
+    for i, item in enumerate(order):
+        assert _depends_on(suite, item) <= set(order[:i]), item
+    assert set(order[:2]) == {("component", "clip"), ("component", "vqgan")}  # what every generator waits for
+
+
+def test_missing_artefacts_raise_needs_training_for_the_innermost_item(suite_file, tmp_path):
+    suite = load_suite(suite_file)
+    builder = Builder(suite, build_dataset(suite.dataset), "cpu", str(tmp_path / "cache"), progress=False,
+                      build_threads=1, defer_training=True)
+    with pytest.raises(NeedsTraining) as caught:
+        builder.build(("system", "random-caption"))  # -> system lf -> component clip, the first that is missing
+    assert caught.value.item == ("component", "clip")
+    assert not (tmp_path / "cache").exists()  # nothing was trained
+
+
+def test_the_cache_key_names_the_training_threads(suite_file, tmp_path):
+    suite = load_suite(suite_file)
+    dataset = build_dataset(suite.dataset)
+    trained = []
+
+    def cached(threads):
+        builder = Builder(suite, dataset, "cpu", str(tmp_path), progress=False, build_threads=threads)
+        return builder.cached("thing", {"a": 1}, train=lambda: trained.append(threads) or threads,
+                              save=lambda obj, d: Path(d, "v").write_text(str(obj)),
+                              load=lambda d: int(Path(d, "v").read_text()))
+
+    assert [cached(1), cached(2), cached(1), cached(2)] == [1, 2, 1, 2]
+    assert trained == [1, 2]  # each thread count trained once, then loaded
+
+
+def _bench(args, env):
+    return subprocess.run([sys.executable, "-m", "bench", *map(str, args)], capture_output=True, text=True,
+                          timeout=900, env={**os.environ, **env})
+
+
+def test_two_workers_train_what_one_process_trains_with_one_thread(suite_file, tmp_path):
+    pooled = _bench(["run", suite_file, "--out", tmp_path / "pooled", "--quiet", "--build-workers", "2"],
+                    {"BENCH_CACHE": str(tmp_path / "c-pooled")})
+    assert pooled.returncode == 0, pooled.stderr[-3000:]
+    assert sorted(p.name for p in (tmp_path / "pooled" / "build-logs").iterdir()) == [
+        "component-clip.log", "component-judge.log", "component-vqgan.log", "system-lf.log"]
+    alone = _bench(["run", suite_file, "--out", tmp_path / "alone", "--quiet", "--build-workers", "1",
+                    "--set", "generation.threads=1"], {"BENCH_CACHE": str(tmp_path / "c-alone"), "OMP_NUM_THREADS": "1"})
+    assert alone.returncode == 0, alone.stderr[-3000:]
+    assert not (tmp_path / "alone" / "build-logs").exists()
+    files = sorted(p.relative_to(tmp_path / "c-pooled") for p in (tmp_path / "c-pooled").rglob("*.safetensors"))
+    assert len(files) == 4  # clip, vqgan, judge, GPT, under the same keys in both caches
+    for f in files:
+        assert (tmp_path / "c-pooled" / f).read_bytes() == (tmp_path / "c-alone" / f).read_bytes(), f
+    a, b = (pd.read_csv(tmp_path / d / "results.csv") for d in ("pooled", "alone"))
+    assert list(a["metric"]) == list(b["metric"]) and len(a) > 0
+    # the same weights; only this process's own thread count (2 against 1) moves its sums in the last digits
+    assert np.allclose(a["value"], b["value"], rtol=1e-5, atol=1e-7, equal_nan=True)
+    assert not list((tmp_path / "c-pooled").rglob(".*"))  # no temp folder left behind
+
+
+def test_a_worker_that_fails_is_one_error_naming_it_and_its_log(suite_file, tmp_path):
+    suite = load_suite(suite_file)
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder should be: every worker fails to save")
+    builder = Builder(suite, build_dataset(suite.dataset), "cpu", str(blocked), progress=False, build_threads=1,
+                      defer_training=True)
+    with pytest.raises(RuntimeError, match=r"training component '(clip|vqgan)' failed .*its log: ") as caught:
+        prebuild(builder, suite, workers=2, threads=1, log_dir=tmp_path / "logs", progress=False)
+    assert "NotADirectoryError" in str(caught.value) or "FileExistsError" in str(caught.value)
+
+
+def test_a_worker_user_error_comes_back_as_the_same_user_error(suite_file, tmp_path):
+    from bench.api import UserError
+
+    suite = load_suite(suite_file)
+    builder = Builder(suite, build_dataset(suite.dataset), "cpu", str(tmp_path / "cache"), progress=False,
+                      build_threads=1, defer_training=True)
+    suite_file.write_text(SUITE.replace("vqgan: {kind: vqgan,", "vqgan2: {kind: vqgan,"))  # edited since loaded
+    with pytest.raises(UserError, match="no component named 'vqgan'"):
+        prebuild(builder, suite, workers=2, threads=1, log_dir=tmp_path / "logs", progress=False)
