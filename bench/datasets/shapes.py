@@ -173,6 +173,26 @@ class ShapesDataset(Dataset):
         return torch.rand(8, generator=gen)
 
 
+def _circle(x: Tensor, y: Tensor) -> Tensor:
+    return x ** 2 + y ** 2 <= 1.0
+
+
+def _square(x: Tensor, y: Tensor) -> Tensor:
+    return torch.maximum(x.abs(), y.abs()) <= 0.85
+
+
+def _triangle(x: Tensor, y: Tensor) -> Tensor:  # upward: apex at y=-1, base at y=+0.8, half-width 1 at the base
+    return (y >= -1.0) & (y <= 0.8) & (x.abs() <= (y + 1.0) / 1.8)
+
+
+def _cross(x: Tensor, y: Tensor) -> Tensor:
+    ax, ay = x.abs(), y.abs()
+    return ((ax <= 0.34) & (ay <= 1.0)) | ((ay <= 0.34) & (ax <= 1.0))
+
+
+SHAPE_MASKS = (_circle, _square, _triangle, _cross)  # in SHAPES order: (x, y in radius units) -> inside
+
+
 def render(resolution: int, colours: Tensor, shapes: Tensor, positions: Tensor, jitter: Tensor) -> Tensor:
     """colours float [N,3] (0..255), shapes/positions long [N], jitter U(0,1) [N,8] -> uint8 [N,3,R,R]."""
     n, r = colours.shape[0], resolution
@@ -187,14 +207,11 @@ def render(resolution: int, colours: Tensor, shapes: Tensor, positions: Tensor, 
     coords = torch.arange(s, dtype=torch.float32) + 0.5
     x = (coords[None, None, :] - cx[:, None, None]) / radius[:, None, None]  # [N,1,S], unit = radius
     y = (coords[None, :, None] - cy[:, None, None]) / radius[:, None, None]  # [N,S,1]
-    ax, ay = x.abs(), y.abs()
-    circle = x ** 2 + y ** 2 <= 1.0
-    square = torch.maximum(ax, ay) <= 0.85
-    # upward triangle: apex at y=-1, base at y=+0.8, half-width 1 at the base
-    triangle = (y >= -1.0) & (y <= 0.8) & (ax <= (y + 1.0) / 1.8)
-    cross = ((ax <= 0.34) & (ay <= 1.0)) | ((ay <= 0.34) & (ax <= 1.0))
-    masks = torch.stack([circle, square, triangle, cross], dim=1)  # [N,4,S,S]
-    mask = masks[torch.arange(n), shapes].float()  # [N,S,S]
+    mask = torch.empty(n, s, s)
+    for k, inside in enumerate(SHAPE_MASKS):  # each image's own shape only (all four for every image: 2.5x slower)
+        chosen = (shapes == k).nonzero().squeeze(1)
+        if len(chosen):
+            mask[chosen] = inside(x[chosen], y[chosen]).float()
     mask = F.avg_pool2d(mask[:, None], SUPERSAMPLE)  # [N,1,R,R] anti-aliased coverage
     fg = (colours + 40 * (jitter[:, 3:6] - 0.5)).clamp(0, 255)  # [N,3]
     bg = (18 + 16 * jitter[:, 6:7]).expand(n, 3)  # dark grey, jittered
