@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from bench.build import Builder
+from bench.build_pool import default_build_workers, ready_builder
 from bench.cache import cache_dir
 from bench.datasets.base import build_dataset
 from bench.suite import load_suite
@@ -54,7 +54,9 @@ def export(recipe: str, out: str) -> Path:
 
     suite = load_suite(recipe)
     dataset = build_dataset(suite.dataset)
-    builder = Builder(suite, dataset, "cpu", str(cache_dir()))
+    # built as `bench run` builds it (the same build workers, so the same cache keys as `make quickstart`)
+    builder = ready_builder(suite, dataset, "cpu", str(cache_dir()), True, default_build_workers("cpu"),
+                            Path("runs") / "ci-baseline" / "build-logs")
     _, captions, _ = dataset.pairs()
     out = Path(out)
     tmp = Path(tempfile.mkdtemp(prefix=".ci-checkpoints.", dir=out.parent if out.parent.exists() else None))

@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from bench.api import UserError
-from bench.build import Builder, Item, NeedsTraining
+from bench.build import Builder, Item, NeedsTraining, default_threads
 from bench.suite import Suite, references
 
 
@@ -53,8 +53,25 @@ def build_order(suite: Suite) -> list[Item]:
     return sorted(deps, key=lambda item: (-len(dependents[item]), index[item]))
 
 
+def default_build_workers(device: str) -> int:
+    """2 on a CPU with 2 or more cores, else 1 (train in the calling process, with all its threads)."""
+    return 2 if device == "cpu" and default_threads() >= 2 else 1
+
+
 def worker_threads(workers: int, cores: int) -> int:
     return max(1, cores // max(1, workers))
+
+
+def ready_builder(suite: Suite, dataset, device: str, cache: str, progress: bool, workers: int,
+                  log_dir: Path) -> Builder:
+    """A Builder for `suite`. workers > 1: every component and system built now, what is missing trained in
+    worker processes of cores/workers threads. workers == 1: built (and trained) on demand, in this process."""
+    if workers <= 1:
+        return Builder(suite, dataset, device, cache, progress=progress)
+    threads = worker_threads(workers, default_threads())
+    builder = Builder(suite, dataset, device, cache, progress=progress, build_threads=threads, defer_training=True)
+    prebuild(builder, suite, workers, threads, log_dir, progress)
+    return builder
 
 
 class _Worker:

@@ -79,6 +79,8 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
         from bench.sharding import parse_shard, run_sharded, run_torchrun
 
         if build_workers is None:
+            from bench.build_pool import default_build_workers
+
             build_workers = default_build_workers(device)
         common = dict(out_dir=out_dir, device=device, limit=limit, progress=not quiet, build_workers=build_workers)
         if shard is not None:
@@ -223,12 +225,6 @@ def compare(run_dir, baseline_csv, tolerances) -> None:
     sys.exit(0 if ok else 1)
 
 
-def default_build_workers(device: str) -> int:
-    from bench.build import default_threads
-
-    return 2 if device == "cpu" and default_threads() >= 2 else 1
-
-
 @cli.command(name="build-item", hidden=True)
 @click.argument("suite_path", metavar="SUITE")
 @click.option("--item", required=True, metavar="KIND:NAME", help="component:NAME or system:ALIAS")
@@ -267,14 +263,15 @@ def info() -> None:
     import torch
 
     from bench.build import default_threads
+    from bench.build_pool import default_build_workers, worker_threads
     from bench.cache import cache_dir
 
     torch.set_flush_denormal(True)
     for k in PROCESS_ENV:
         click.echo(f"{k}={os.environ.get(k, '(unset)')}")
     click.echo(f"threads={default_threads()}")
-    click.echo(f"build_workers={default_build_workers('cpu')} (threads each: "
-               f"{max(1, default_threads() // default_build_workers('cpu'))})")
+    workers = default_build_workers("cpu")
+    click.echo(f"build_workers={workers} (threads each: {worker_threads(workers, default_threads())})")
     click.echo(f"torch={torch.__version__} cuda_available={torch.cuda.is_available()}")
     click.echo(f"BENCH_CACHE={cache_dir()}")
 

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from bench.api import CaptionItem, RunContext, SampleBatch, TimingRecord, UserError
 from bench.build import Builder, default_threads
-from bench.build_pool import prebuild, worker_threads
+from bench.build_pool import ready_builder
 from bench.cache import atomic_write_bytes, cache_dir
 from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
@@ -172,13 +172,8 @@ class Runner:
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "suite.resolved.json").write_text(json.dumps(self.suite.resolved, indent=1, default=str))
         dataset = build_dataset(self.suite.dataset)
-        if self.build_workers > 1:
-            threads = worker_threads(self.build_workers, default_threads())
-            builder = Builder(self.suite, dataset, self.device, self.cache, progress=self.progress,
-                              build_threads=threads, defer_training=True)
-            prebuild(builder, self.suite, self.build_workers, threads, self.out / "build-logs", self.progress)
-        else:
-            builder = Builder(self.suite, dataset, self.device, self.cache, progress=self.progress)
+        builder = ready_builder(self.suite, dataset, self.device, self.cache, self.progress, self.build_workers,
+                                self.out / "build-logs")
         items = dataset.eval_captions()
         if self.limit is not None:
             items = items[: self.limit]
