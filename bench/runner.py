@@ -165,7 +165,9 @@ class Runner:
             raise UserError("missing resources (nothing was run):\n  - " + "\n  - ".join(missing))
         if self.device.startswith("cuda") and not torch.cuda.is_available():
             raise UserError("--device cuda was asked for but torch sees no CUDA device; use --device cpu")
-        torch.set_num_threads(self.suite.generation.threads or max(1, default_threads() // self.world))
+        # all threads to build and measure (in-process training names this count in its cache keys, so it must
+        # not depend on the shard count); a shard's share of the cores only while generating
+        torch.set_num_threads(self.suite.generation.threads or default_threads())
         torch.set_flush_denormal(True)
         if self.fresh and self.out.exists() and self.world == 1:
             shutil.rmtree(self.out)
@@ -184,9 +186,14 @@ class Runner:
 
     def generate_all(self, systems: dict, items: list[CaptionItem]) -> None:
         mine = [it for i, it in enumerate(items) if i % self.world == self.rank]
-        for alias, system in systems.items():
-            for seed in self.suite.seeds_of(alias):
-                self.generate(alias, system, mine, seed)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.suite.generation.threads or max(1, default_threads() // self.world))
+        try:
+            for alias, system in systems.items():
+                for seed in self.suite.seeds_of(alias):
+                    self.generate(alias, system, mine, seed)
+        finally:
+            torch.set_num_threads(threads)
 
     def measure(self, builder: Builder, dataset, items: list[CaptionItem], systems: dict) -> Results:
         results = Results(self.suite, self.device)

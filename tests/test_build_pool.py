@@ -127,3 +127,16 @@ def test_a_worker_user_error_comes_back_as_the_same_user_error(suite_file, tmp_p
     suite_file.write_text(SUITE.replace("vqgan: {kind: vqgan,", "vqgan2: {kind: vqgan,"))  # edited since loaded
     with pytest.raises(UserError, match="no component named 'vqgan'"):
         prebuild(builder, suite, workers=2, threads=1, log_dir=tmp_path / "logs", progress=False)
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_generation_shards_load_what_the_run_trained(suite_file, tmp_path, workers):
+    """Shard processes get a share of the cores for generation, but the cache keys name the build's threads:
+    they must find every artefact the coordinating process trained, not train their own."""
+    cache = tmp_path / "cache"
+    run = _bench(["run", suite_file, "--out", tmp_path / "run", "--quiet", "--nproc", "2", "--build-workers", workers],
+                 {"BENCH_CACHE": str(cache)})
+    assert run.returncode == 0, run.stderr[-3000:]
+    trained = {kind.name: [d.name for d in kind.iterdir()] for kind in cache.iterdir() if kind.name != "stats"}
+    assert sorted(trained) == ["attribute-judge", "clip", "clipgen-gpt", "vqgan"]
+    assert all(len(dirs) == 1 for dirs in trained.values()), trained
