@@ -84,6 +84,26 @@ def test_trace_sqrt_of_features_equals_the_covariance_routes():
         assert frechet_distance_of(a, b) == pytest.approx(frechet_distance(a.mu, a.sigma, b.mu, b.sigma), rel=1e-7)
 
 
+def test_frechet_distance_of_takes_the_covariance_route_when_the_svd_fails(monkeypatch):
+    """LAPACK's SVD returned NaN on a wide [500, 5000] product of real EfficientNet features once denormals were
+    flushed to zero (bench flushes them for training); the features' route must then give way to the twin."""
+    import bench.metrics.stats as stats
+
+    rng = np.random.default_rng(4)
+    a, b = feature_stats(rng.normal(size=(12, 40))), feature_stats(rng.normal(size=(30, 40)) + 0.3)
+    expected = frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
+    assert frechet_distance_of(a, b) == pytest.approx(expected, rel=1e-7)
+    shapes = []
+
+    def failing_svd(m, compute_uv=True):
+        shapes.append(m.shape)
+        return np.full(min(m.shape), np.nan)
+
+    monkeypatch.setattr(stats.np.linalg, "svd", failing_svd)
+    assert frechet_distance_of(a, b) == pytest.approx(expected, rel=1e-7)
+    assert shapes == [(30, 12)]  # the tall orientation of the [12, 30] cross product
+
+
 def test_frechet_distance_of_known_gaussians():
     # N(0, I) vs N(m, 4I) in d dims: |m|^2 + d + 4d - 2*2d = |m|^2 + d
     d = 7

@@ -97,7 +97,8 @@ def trace_sqrt_product_of_features(x1: np.ndarray, x2: np.ndarray) -> float:
     """
     c1, c2 = (np.asarray(x, dtype=np.float64) for x in (x1, x2))
     c1, c2 = c1 - c1.mean(axis=0), c2 - c2.mean(axis=0)
-    singular = np.linalg.svd(c1 @ c2.T, compute_uv=False)
+    product = c1 @ c2.T if c1.shape[0] >= c2.shape[0] else c2 @ c1.T  # tall: the same singular values
+    singular = np.linalg.svd(product, compute_uv=False)
     return float(singular.sum() / np.sqrt((c1.shape[0] - 1) * (c2.shape[0] - 1)))
 
 
@@ -115,7 +116,12 @@ def frechet_distance_of(a: FeatureStats, b: FeatureStats) -> float:
     """The Fréchet distance between two feature sets: through the features' [n_a,n_b] cross product when either
     has fewer samples than dimensions, else through the covariances (`frechet_distance`, the plain twin)."""
     if min(a.n, b.n) < a.dim:
-        return frechet_distance(a.mu, a.sigma, b.mu, b.sigma, trace_sqrt_product_of_features(a.features, b.features))
+        trace_sqrt = trace_sqrt_product_of_features(a.features, b.features)
+        # LAPACK's SVD can return NaN when the CPU flushes denormals to zero, which bench turns on for training
+        # speed (torch.set_flush_denormal): seen once, on a wide [500, 5000] product of EfficientNet features of
+        # near-duplicate images (its transpose was fine, hence the tall product). Then take the covariance route.
+        if np.isfinite(trace_sqrt):
+            return frechet_distance(a.mu, a.sigma, b.mu, b.sigma, trace_sqrt)
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma)
 
 
