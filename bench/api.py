@@ -139,7 +139,8 @@ class BuildContext(Protocol):
         """Load the artefact stored under hash(kind, key) in the cache, or train, save atomically, return.
 
         `key` must name everything that shapes the artefact (spec, dataset identity,
-        dependencies' keys); the package version and `kind` are added for you.
+        dependencies' keys); the package version, `kind` and where it is trained (device type,
+        CPU thread count) are added for you.
         `save(obj, dir)` writes files into a fresh temp dir; `load(dir)` reads them.
         """
         ...
