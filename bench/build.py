@@ -95,7 +95,11 @@ class Builder:
     def system(self, alias: str) -> Any:
         """A system by alias (systems may wrap others, e.g. `random-caption` of `clipgen`)."""
         if alias not in self._systems:
-            spec = self.suite.system(alias)
+            try:
+                spec = self.suite.system(alias)
+            except KeyError:
+                raise UserError(f"no system with alias {alias!r}; declared: "
+                                f"{', '.join(s.alias for s in self.suite.systems) or '(none)'}") from None
             item = ("system", alias)
             if item in self._building:
                 raise UserError(f"systems refer to each other in a cycle: {self._cycle(item)}")

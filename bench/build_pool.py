@@ -70,7 +70,7 @@ def ready_builder(suite: Suite, dataset, device: str, cache: str, progress: bool
         return Builder(suite, dataset, device, cache, progress=progress)
     threads = worker_threads(workers, default_threads())
     builder = Builder(suite, dataset, device, cache, progress=progress, build_threads=threads, defer_training=True)
-    prebuild(builder, suite, workers, threads, log_dir, progress)
+    prebuild(builder, workers, log_dir, progress)
     return builder
 
 
@@ -114,10 +114,11 @@ class _Worker:
                 self.proc.wait()
 
 
-def prebuild(builder: Builder, suite: Suite, workers: int, threads: int, log_dir: Path, progress: bool) -> None:
-    """Build every component and system of `suite` into `builder`, training what is missing in up to `workers`
-    processes of `threads` threads each. `builder` must defer training with build_threads == threads."""
-    assert builder.defer_training and builder.build_threads == threads
+def prebuild(builder: Builder, workers: int, log_dir: Path, progress: bool) -> None:
+    """Build every component and system of the builder's suite into it, training what is missing in up to
+    `workers` processes of `builder.build_threads` threads each. `builder` must defer training."""
+    assert builder.defer_training and builder.build_threads
+    suite, threads = builder.suite, builder.build_threads
     todo = build_order(suite)
     running: dict[Item, _Worker] = {}
     trained: set[Item] = set()

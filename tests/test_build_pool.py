@@ -114,7 +114,7 @@ def test_a_worker_that_fails_is_one_error_naming_it_and_its_log(suite_file, tmp_
     builder = Builder(suite, build_dataset(suite.dataset), "cpu", str(blocked), progress=False, build_threads=1,
                       defer_training=True)
     with pytest.raises(RuntimeError, match=r"training component '(clip|vqgan)' failed .*its log: ") as caught:
-        prebuild(builder, suite, workers=2, threads=1, log_dir=tmp_path / "logs", progress=False)
+        prebuild(builder, workers=2, log_dir=tmp_path / "logs", progress=False)
     assert "NotADirectoryError" in str(caught.value) or "FileExistsError" in str(caught.value)
 
 
@@ -126,7 +126,7 @@ def test_a_worker_user_error_comes_back_as_the_same_user_error(suite_file, tmp_p
                       build_threads=1, defer_training=True)
     suite_file.write_text(SUITE.replace("vqgan: {kind: vqgan,", "vqgan2: {kind: vqgan,"))  # edited since loaded
     with pytest.raises(UserError, match="no component named 'vqgan'"):
-        prebuild(builder, suite, workers=2, threads=1, log_dir=tmp_path / "logs", progress=False)
+        prebuild(builder, workers=2, log_dir=tmp_path / "logs", progress=False)
 
 
 @pytest.mark.parametrize("workers", ["1", "2"])
