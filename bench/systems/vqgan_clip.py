@@ -133,7 +133,10 @@ def optimise_latents(vqgan, clip, text_emb: Tensor, seeds: list[int], steps: int
     size = clip.image_size
     taken: dict[int, Tensor] = {}
     was_training = vqgan.training
+    trainable = [p for p in vqgan.parameters() if p.requires_grad]
     vqgan.eval()
+    for p in trainable:  # only z is optimised: no weight gradients computed or accumulated
+        p.requires_grad_(False)
     try:
         with torch.enable_grad():
             for step in range(steps + 1):
@@ -156,6 +159,8 @@ def optimise_latents(vqgan, clip, text_emb: Tensor, seeds: list[int], steps: int
                     z.copy_(torch.maximum(torch.minimum(z, z_max), z_min))
     finally:
         vqgan.train(was_training)
+        for p in trainable:
+            p.requires_grad_(True)
     return nearest_tokens(vqgan, z).cpu(), taken
 
 
