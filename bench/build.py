@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 
 from bench.api import UserError
-from bench.cache import artefact_dir, cached_artefact
+from bench.cache import artefact_dir, cached_artefact, key_hash
 from bench.registry import COMPONENTS, SYSTEMS
 from bench.suite import Suite
 
@@ -44,6 +44,16 @@ class Builder:
         self._components: dict[str, Any] = {}
         self._systems: dict[str, Any] = {}
         self._building: list[Item] = []
+        self._made_of: dict[Item, set[str]] = {}  # item -> the artefacts (kind/key hash) it was built from
+
+    def made_of(self, item: Item) -> list[str]:
+        """The cached artefacts and components an item was built from, its own and those of what it uses
+        (`kind/key-hash` entries): equal lists mean equal trained weights."""
+        return sorted(self._made_of.get(item, ()))
+
+    def _record(self, entries) -> None:
+        for item in self._building:
+            self._made_of.setdefault(item, set()).update(entries)
 
     def build(self, item: Item) -> Any:
         kind, name = item
@@ -71,11 +81,14 @@ class Builder:
                 self._components[name] = COMPONENTS.get(spec.kind).factory(spec, self)
             finally:
                 self._building.pop()
+        item = ("component", name)
+        self._record(self._made_of.get(item, set()) | {f"component:{name}/{key_hash(self.key_of(name))}"})
         return self._components[name]
 
     def cached(self, kind: str, key: dict, train: Callable[[], Any], save: Callable[[Any, str], None],
                load: Callable[[str], Any]) -> Any:
         key = {**key, "trained_on": self.trained_on()}
+        self._record({artefact_dir("", kind, key).as_posix()})
         if self.defer_training and self._building and not (artefact_dir(self.cache_dir, kind, key) / "key.json").exists():
             raise NeedsTraining(self._building[-1])
         return cached_artefact(self.cache_dir, kind, key, train, save, load)
@@ -109,6 +122,7 @@ class Builder:
             finally:
                 self._building.pop()
             self._systems[alias] = system
+        self._record(self._made_of.get(("system", alias), set()))
         return self._systems[alias]
 
 

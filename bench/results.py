@@ -62,11 +62,15 @@ def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
-def measured_row(suite, system_spec, system, metric_spec, value, seed: int, device: str) -> dict:
+def measured_row(suite, system_spec, system, metric_spec, value, seed: int, device: str,
+                 samples_made_by: str | None = None) -> dict:
+    """samples_made_by: the fingerprint in the samples' made-by.json (what built the system that made them)."""
     extra = dict(value.extra)
     for key in ("training", "candidates", "rerank_clip"):
         if hasattr(system, "provenance") and key in system.provenance():
             extra.setdefault(key, system.provenance()[key])
+    if samples_made_by is not None:
+        extra.setdefault("samples_made_by", samples_made_by)
     return {
         "suite": suite.suite, "suite_version": suite.version, "system": system_spec.alias,
         "system_name": system_spec.name, "uses_captions": bool(getattr(system, "uses_captions", False)),

@@ -182,6 +182,8 @@ class Runner:
         if not items:
             raise UserError("no captions to generate for (check dataset.num_captions and --limit)")
         systems = {spec.alias: builder.system(spec.alias) for spec in self.suite.systems}
+        if self.rank == 0:  # the coordinating process, before any shard writes a sample
+            self.retire_stale_samples(builder, dataset)
         return builder, dataset, items, systems
 
     def generate_all(self, systems: dict, items: list[CaptionItem]) -> None:
@@ -208,6 +210,41 @@ class Runner:
     # ---- generation ------------------------------------------------------------------------
     def sample_dir(self, alias: str, seed: int) -> Path:
         return self.out / "samples" / alias / f"seed{seed}"
+
+    def made_by(self, builder: Builder, dataset, alias: str) -> dict:
+        """What a system's samples depend on: its name and arguments, every artefact it was built from (trained
+        weights by cache key, checkpoint files by path, size and mtime), the dataset (caption ids -> captions)
+        and the device type. Not the batch size or thread count (see the module docstring)."""
+        spec = self.suite.system(alias)
+        what = {"system": spec.name, "args": dataclasses.asdict(spec.args) if dataclasses.is_dataclass(spec.args)
+                else spec.args, "artefacts": builder.made_of(("system", alias)), "dataset": dataset.identity(),
+                "device": self.device.split(":")[0]}
+        return {"fingerprint": hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16],
+                **what}
+
+    def retire_stale_samples(self, builder: Builder, dataset) -> None:
+        """Samples left by an earlier run are reused (resume) only if the same build made them: a sample folder
+        whose made-by.json differs, or that has none, is emptied (and its timings dropped) before generation."""
+        for spec in self.suite.systems:
+            made = self.made_by(builder, dataset, spec.alias)
+            for seed in self.suite.seeds_of(spec.alias):
+                folder = self.sample_dir(spec.alias, seed)
+                record = folder / "made-by.json"
+                try:
+                    old = json.loads(record.read_text()).get("fingerprint")
+                except (OSError, ValueError, AttributeError):
+                    old = None
+                if old == made["fingerprint"]:
+                    continue
+                stale = sorted(folder.glob("*.png"))
+                if stale:
+                    print(f"[samples] {spec.alias} seed {seed}: the {len(stale)} samples on disk came from "
+                          f"{'another build' if old else 'an unrecorded build'}; generating them again", flush=True)
+                    for path in stale:
+                        path.unlink()
+                    for path in (self.out / "timings" / spec.alias).glob(f"seed{seed}.*jsonl"):
+                        path.unlink()
+                atomic_write_bytes(record, json.dumps(made, indent=1, sort_keys=True, default=str).encode())
 
     def generate(self, alias: str, system: Any, items: list[CaptionItem], seed: int) -> None:
         folder = self.sample_dir(alias, seed)
@@ -286,10 +323,11 @@ class Runner:
                 metric.update(batch)
             bar.update(len(batch.images))
         bar.close()
+        made_by = json.loads((self.sample_dir(spec.alias, seed) / "made-by.json").read_text())["fingerprint"]
         rows = []
         for mspec, metric in metrics:
             for value in metric.compute(ctx):
-                rows.append(measured_row(self.suite, spec, system, mspec, value, seed, self.device))
+                rows.append(measured_row(self.suite, spec, system, mspec, value, seed, self.device, made_by))
         if ctx.per_caption:
             per_caption = self.out / "per_caption" / spec.alias / f"seed{seed}.json"
             per_caption.parent.mkdir(parents=True, exist_ok=True)

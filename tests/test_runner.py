@@ -154,3 +154,54 @@ metrics: [{name: throughput}]
     df = pd.read_csv(tmp_path / "r" / "results.csv")
     assert set(df[df["system"] == "noise"]["seed"]) == {3}
     assert set(df[df["system"] == "real-images"]["seed"]) == {0, 3, 5}
+
+
+def _trained_suite(tmp_path, vqgan_steps: int):
+    p = tmp_path / f"trained{vqgan_steps}.yaml"
+    p.write_text(f"""suite: stale
+version: 1
+dataset: {{name: shapes, resolution: 32, num_captions: 8, train_size: 64, pairs_size: 1}}
+generation: {{batch_size: 8, seeds: [0], warmup: false}}
+components:
+  vqgan: {{kind: vqgan, train: {{preset: tiny, steps: {vqgan_steps}, batch_size: 4}}}}
+systems: [{{name: vqgan-recon, args: {{vqgan: vqgan}}}}, {{name: real-images}}]
+metrics: [{{name: throughput}}]
+""")
+    return load_suite(p)
+
+
+def _stamps(folder: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in folder.glob("*.png")}
+
+
+def test_samples_made_by_another_build_are_generated_again(tmp_path, capsys):
+    """Resume reuses a sample only if the same build made it: retraining a component (another key) regenerates
+    what depends on it, and nothing else; a folder without made-by.json (an older run) is regenerated too."""
+    out, cache = tmp_path / "r", tmp_path / "cache"
+    recon, real = out / "samples" / "vqgan-recon" / "seed0", out / "samples" / "real-images" / "seed0"
+    Runner(_trained_suite(tmp_path, 2), out_dir=out, progress=False, cache=cache).run()
+    first_recon, first_real = _stamps(recon), _stamps(real)
+    made = json.loads((recon / "made-by.json").read_text())
+    assert len(first_recon) == 8 and any(a.startswith("vqgan/") for a in made["artefacts"])
+    rows = pd.read_csv(out / "results.csv")
+    assert {json.loads(e)["samples_made_by"] for e in rows[rows["system"] == "vqgan-recon"]["extra"]} == \
+        {made["fingerprint"]}
+
+    Runner(_trained_suite(tmp_path, 2), out_dir=out, progress=False, cache=cache).run()  # same build: a resume
+    assert _stamps(recon) == first_recon and _stamps(real) == first_real
+    assert "[samples]" not in capsys.readouterr().out
+
+    Runner(_trained_suite(tmp_path, 3), out_dir=out, progress=False, cache=cache).run()  # the VQGAN retrained
+    assert "[samples] vqgan-recon seed 0: the 8 samples on disk came from another build" in capsys.readouterr().out
+    again = _stamps(recon)
+    assert len(again) == 8 and all(again[name] != t for name, t in first_recon.items())
+    assert json.loads((recon / "made-by.json").read_text())["fingerprint"] != made["fingerprint"]
+    assert _stamps(real) == first_real, "real-images does not use the VQGAN"
+    timing_lines = (out / "timings" / "vqgan-recon" / "seed0.jsonl").read_text().splitlines()
+    assert len(timing_lines) == 1, "the stale samples' timings go with them"
+
+    (real / "made-by.json").unlink()  # as an earlier version of bench left it
+    Runner(_trained_suite(tmp_path, 3), out_dir=out, progress=False, cache=cache).run()
+    assert "[samples] real-images seed 0: the 8 samples on disk came from an unrecorded build" \
+        in capsys.readouterr().out
+    assert all(t != first_real[name] for name, t in _stamps(real).items())
