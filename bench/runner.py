@@ -5,8 +5,9 @@ random stream `caption_seed(s, i)`, so samples do not depend on batch size,
 order, resumption or sharding. Samples are PNGs under
 `<out>/samples/<alias>/seed<s>/<caption_id>.png`, each written atomically, so a
 killed run loses at most the batch in flight and a rerun generates only what is
-missing. Metrics always read the samples back from disk, so an interrupted and
-an uninterrupted run compute the same numbers from the same bytes.
+missing, provided the same build made what is there (`made-by.json` per folder; else
+the folder is generated again). Metrics always read the samples back from disk, so an
+interrupted and an uninterrupted run compute the same numbers from the same bytes.
 """
 from __future__ import annotations
 
