@@ -3,15 +3,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
 from bench.api import UserError
-from bench.cache import artefact_dir, cached_artefact, key_hash
+from bench.cache import artefact_dir, cached_artefact, key_hash, path_stamp
 from bench.registry import COMPONENTS, SYSTEMS
-from bench.suite import Suite
+from bench.suite import Suite, path_args
 
 Item = tuple[str, str]  # ("component", name) or ("system", alias)
 
@@ -47,8 +46,10 @@ class Builder:
         self._made_of: dict[Item, set[str]] = {}  # item -> the artefacts (kind/key hash) it was built from
 
     def made_of(self, item: Item) -> list[str]:
-        """The cached artefacts and components an item was built from, its own and those of what it uses
-        (`kind/key-hash` entries): equal lists mean equal trained weights."""
+        """What an item was built from, its own and that of everything it uses: cached artefacts by key, components
+        by key (checkpoints by path, size and mtime), systems by name and arguments, the files its arguments
+        name (`kind/hash` entries). Equal lists: the same weights and settings, unless a file was rewritten
+        keeping its size and mtime."""
         return sorted(self._made_of.get(item, ()))
 
     def _record(self, entries) -> None:
@@ -95,11 +96,9 @@ class Builder:
 
     def key_of(self, name: str) -> dict:
         spec = self.suite.components[name]
-        if spec.path is not None:
-            path = Path(spec.path).expanduser()
-            stat = path.stat() if path.exists() else None
-            source = {"path": str(path.resolve()), "size": stat.st_size if stat else None,
-                      "mtime_ns": stat.st_mtime_ns if stat else None}
+        if spec.path is not None:  # "file" or "architecture@file"
+            prefix, _, file = spec.path.rpartition("@")
+            source = {"path_prefix": prefix, **path_stamp(file)}
         else:
             source = {"train": dataclasses.asdict(spec.train) if dataclasses.is_dataclass(spec.train) else spec.train}
         return {"kind": spec.kind, **source, "dataset": self.dataset.identity()}
@@ -116,6 +115,10 @@ class Builder:
             item = ("system", alias)
             if item in self._building:
                 raise UserError(f"systems refer to each other in a cycle: {self._cycle(item)}")
+            args = dataclasses.asdict(spec.args) if dataclasses.is_dataclass(spec.args) else spec.args
+            self._made_of.setdefault(item, set()).update(
+                {f"system:{alias}/{key_hash({'name': spec.name, 'args': args})}"}
+                | {f"file:{path}/{key_hash(path_stamp(path))}" for _, path in path_args(spec.args)})
             self._building.append(item)
             try:
                 system = SYSTEMS.get(spec.name).factory(spec.args, self)

@@ -20,6 +20,21 @@ def key_hash(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
+def path_stamp(path: str | Path) -> dict:
+    """What a file's or folder's contents are known by without reading them: a file's size and mtime; for a
+    folder, a hash of every file under it (relative path, size, mtime), so a checkpoint rewritten in place counts
+    as changed. A missing path gives None fields."""
+    p = Path(path).expanduser()
+    if p.is_file():
+        st = p.stat()
+        return {"path": str(p.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if f.is_file())
+        listing = [(f.relative_to(p).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
+        return {"path": str(p.resolve()), "files": len(listing), "contents": key_hash({"files": listing})}
+    return {"path": str(p), "size": None, "mtime_ns": None}
+
+
 def _full_key(kind: str, key: dict) -> dict:
     return {"kind": kind, "key": key, "bench_version": bench.__version__}
 

@@ -35,7 +35,7 @@ from bench.cache import atomic_write_bytes, cache_dir
 from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 from bench.results import Results, measured_row
-from bench.suite import Suite
+from bench.suite import Suite, path_args
 
 
 def caption_seed(seed: int, caption_id: int) -> int:
@@ -66,18 +66,11 @@ def check_resources(suite: Suite) -> list[str]:
             ask(COMPONENTS, spec.kind, spec.train)
     for s in suite.systems:
         ask(SYSTEMS, s.name, s.args)
-        for name, path in _path_args(s.args):  # every argument declared a path (registry metadata `path`)
+        for name, path in path_args(s.args):  # every argument declared a path (registry metadata `path`)
             missing.extend(_missing_path(path, f"system {s.alias!r}", f"systems.{s.alias}.args.{name}"))
     for m in suite.metrics:
         ask(METRICS, m.name, m.args)
     return list(dict.fromkeys(missing))
-
-
-def _path_args(args) -> list[tuple[str, str]]:
-    if not dataclasses.is_dataclass(args):
-        return []
-    return [(f.name, getattr(args, f.name)) for f in dataclasses.fields(args)
-            if f.metadata.get("path") and isinstance(getattr(args, f.name), str)]
 
 
 def _missing_path(path: str, what: str, key: str) -> list[str]:
@@ -135,7 +128,7 @@ class Runner:
 
     def __init__(self, suite: Suite, out_dir: str | Path | None = None, device: str = "cpu", limit: int | None = None,
                  fresh: bool = False, progress: bool = True, cache: str | Path | None = None, rank: int = 0,
-                 world: int = 1, build_workers: int = 1):
+                 world: int = 1, build_workers: int = 1, coordinator: bool | None = None):
         if not 0 <= rank < world:
             raise UserError(f"shard {rank}/{world}: need 0 <= rank < world")
         self.suite = suite
@@ -147,6 +140,9 @@ class Runner:
         self.cache = str(cache or cache_dir())
         self.rank, self.world = rank, world
         self.build_workers = build_workers  # > 1: train missing artefacts in worker processes (bench/build_pool.py)
+        # the coordinator (a plain run, the --nproc parent, torchrun rank 0) prepares the sample folders before any
+        # shard generates; a shard (--shard R/N, an --nproc child, another torchrun rank) only checks them
+        self.coordinator = world == 1 if coordinator is None else coordinator
 
     # ---- the whole job ---------------------------------------------------------------------
     def run(self) -> Results:
@@ -183,8 +179,7 @@ class Runner:
         if not items:
             raise UserError("no captions to generate for (check dataset.num_captions and --limit)")
         systems = {spec.alias: builder.system(spec.alias) for spec in self.suite.systems}
-        if self.rank == 0:  # the coordinating process, before any shard writes a sample
-            self.retire_stale_samples(builder, dataset)
+        self.prepare_sample_folders(builder, dataset)
         return builder, dataset, items, systems
 
     def generate_all(self, systems: dict, items: list[CaptionItem]) -> None:
@@ -223,29 +218,36 @@ class Runner:
         return {"fingerprint": hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16],
                 **what}
 
-    def retire_stale_samples(self, builder: Builder, dataset) -> None:
-        """Samples left by an earlier run are reused (resume) only if the same build made them: a sample folder
-        whose made-by.json differs, or that has none, is emptied (and its timings dropped) before generation."""
+    def prepare_sample_folders(self, builder: Builder, dataset) -> None:
+        """Samples left by an earlier run are reused (resume) only if the same build made them. The coordinator
+        empties a sample folder whose made-by.json differs, or that has samples but no record (dropping their
+        timings too), and writes the record. A shard never deletes (other shards may be writing): on such a folder
+        it stops with a UserError before generating anything; it only writes the record of a new folder."""
+        plans = []
         for spec in self.suite.systems:
             made = self.made_by(builder, dataset, spec.alias)
             for seed in self.suite.seeds_of(spec.alias):
                 folder = self.sample_dir(spec.alias, seed)
-                record = folder / "made-by.json"
                 try:
-                    old = json.loads(record.read_text()).get("fingerprint")
+                    old = json.loads((folder / "made-by.json").read_text()).get("fingerprint")
                 except (OSError, ValueError, AttributeError):
                     old = None
-                if old == made["fingerprint"]:
-                    continue
-                stale = sorted(folder.glob("*.png"))
-                if stale:
-                    print(f"[samples] {spec.alias} seed {seed}: the {len(stale)} samples on disk came from "
+                if old != made["fingerprint"]:
+                    plans.append((spec.alias, seed, folder, made, old, sorted(folder.glob("*.png"))))
+        stale = [folder for _, _, folder, _, old, pngs in plans if old is not None or pngs]
+        if stale and not self.coordinator:
+            raise UserError(f"{stale[0]} holds samples of another build than this one ({len(stale)} folder(s) in "
+                            f"all); run the command once without --shard (it generates them again) or use --fresh")
+        for alias, seed, folder, made, old, pngs in plans:
+            if self.coordinator:
+                if pngs:
+                    print(f"[samples] {alias} seed {seed}: the {len(pngs)} samples on disk came from "
                           f"{'another build' if old else 'an unrecorded build'}; generating them again", flush=True)
-                    for path in stale:
-                        path.unlink()
-                    for path in (self.out / "timings" / spec.alias).glob(f"seed{seed}.*jsonl"):
-                        path.unlink()
-                atomic_write_bytes(record, json.dumps(made, indent=1, sort_keys=True, default=str).encode())
+                for path in pngs:
+                    path.unlink()
+                for path in (self.out / "timings" / alias).glob(f"seed{seed}.*jsonl"):
+                    path.unlink()
+            atomic_write_bytes(folder / "made-by.json", json.dumps(made, indent=1, sort_keys=True, default=str).encode())
 
     def generate(self, alias: str, system: Any, items: list[CaptionItem], seed: int) -> None:
         folder = self.sample_dir(alias, seed)

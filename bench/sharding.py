@@ -59,7 +59,8 @@ def run_torchrun(suite, fresh: bool, out_dir, device, limit, progress, build_wor
         if device == "cuda":
             device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         runner = Runner(suite, out_dir=out_dir, device=device, limit=limit, fresh=fresh and rank == 0,
-                        progress=progress and rank == 0, rank=rank, world=world, build_workers=build_workers)
+                        progress=progress and rank == 0, rank=rank, world=world, build_workers=build_workers,
+                        coordinator=rank == 0)
         if rank == 0:
             prepared = runner.prepare()
         dist.barrier()  # the cache is filled: the other ranks load instead of training

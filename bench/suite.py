@@ -528,6 +528,14 @@ def _dataset_keys(ds: Any) -> tuple[str, ...]:
     return ("name",) + tuple(f.name for f in dataclasses.fields(args)) if args else ("name",)
 
 
+def path_args(args: Any) -> list[tuple[str, str]]:
+    """(field name, path) for every argument declared a path (registry metadata `path`) that is set."""
+    if not dataclasses.is_dataclass(args):
+        return []
+    return [(f.name, getattr(args, f.name)) for f in dataclasses.fields(args)
+            if f.metadata.get("path") and isinstance(getattr(args, f.name), str)]
+
+
 def references(args: Any, path: tuple = ()) -> Iterator[tuple[tuple, str, str, Any]]:
     """The arguments that name another part of the suite: (path, "component" or "system", the component kind
     wanted or "", value), from registry field metadata, through nested dataclasses; unset (None) ones skipped."""

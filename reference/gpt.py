@@ -52,6 +52,7 @@ class SelfAttention(nn.Module):
         return self.out_proj(y.transpose(1, 2).reshape(b, t, d))  # [B,H,T,Dh] -> [B,T,d]
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+        """Causal attention, q/k/v [B,H,T,Dh] -> [B,H,T,Dh]."""
         dropout = self.dropout if self.training else 0.0
         if q.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             # CPU bf16 autocast: attention in fp32 (its bf16 backward is several times slower than fp32's here)

@@ -106,13 +106,14 @@ def _device(device) -> torch.device:
 
 
 def native_bf16(device, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
-    """Whether bf16 matrix products run natively on `device`, so bf16 autocast speeds training up: a CUDA GPU that
-    supports bf16, or a CPU whose flags (read from `cpuinfo`; False where it cannot be read) include AVX512-BF16 or
-    AMX-BF16. Elsewhere bf16 is emulated and slower than fp32. (Measured on a Zen 4 EPYC, one thread: a
-    [4096,128] x [128,512] product at 57 GFLOP/s in fp32 and 198 in bf16; the tiny GPT's step 1.5x faster.)"""
+    """Whether bf16 matrix products run natively on `device`, so bf16 autocast speeds training up: a CUDA GPU of
+    compute capability 8.0 or later (older ones emulate bf16), or a CPU whose flags (read from `cpuinfo`; False
+    where it cannot be read) include AVX512-BF16 or AMX-BF16. Elsewhere bf16 is emulated and slower than fp32.
+    (Measured on a Zen 4 EPYC, one thread: a [4096,128] x [128,512] product at 57 GFLOP/s in fp32 and 198 in
+    bf16; the tiny GPT's training step 1.5x faster.)"""
     dev = _device(device)
     if dev.type == "cuda":
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+        return torch.cuda.is_available() and torch.cuda.get_device_capability(dev)[0] >= 8
     if dev.type != "cpu":
         return False
     try:

@@ -1,4 +1,5 @@
-"""Runner guarantees: batch-size invariance, resumption after SIGKILL, atomic results."""
+"""Runner guarantees: batch-size invariance, resumption after SIGKILL (only of the same build's samples), atomic
+results."""
 import json
 import os
 import signal
@@ -8,7 +9,10 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import pytest
+import torch
 
+from bench.api import UserError
 from bench.runner import Runner, caption_seed
 from bench.suite import load_suite
 
@@ -205,3 +209,56 @@ def test_samples_made_by_another_build_are_generated_again(tmp_path, capsys):
     assert "[samples] real-images seed 0: the 8 samples on disk came from an unrecorded build" \
         in capsys.readouterr().out
     assert all(t != first_real[name] for name, t in _stamps(real).items())
+
+
+def test_made_of_names_wrapped_systems_and_checkpoint_contents(tmp_path):
+    """A wrapping system (random-caption) is made of the wrapped one's arguments and artefacts; a checkpoint folder
+    rewritten in place is another build, whatever its folder's own mtime says."""
+    from bench.build import Builder
+    from bench.datasets.base import build_dataset
+    from reference.checkpoint import save_vqgan
+    from reference.configs import get_preset
+    from reference.vqgan import VQGAN
+
+    ckpt = tmp_path / "vqgan"
+    save_vqgan(ckpt, VQGAN(get_preset("tiny").vqgan))
+    p = tmp_path / "wrapped.yaml"
+
+    def made_of(inner_vqgan: str) -> dict:
+        p.write_text(f"""suite: wrapped
+version: 1
+dataset: {{name: shapes, resolution: 32, num_captions: 4, train_size: 1, pairs_size: 1}}
+components:
+  vqgan:  {{kind: vqgan, path: {ckpt}}}
+  vqgan2: {{kind: vqgan, path: {ckpt}}}
+systems: [{{name: vqgan-recon, args: {{vqgan: {inner_vqgan}}}}}, {{name: random-caption, args: {{of: vqgan-recon}}}}]
+""")
+        suite = load_suite(p)
+        builder = Builder(suite, build_dataset(suite.dataset), "cpu", str(tmp_path / "cache"), progress=False)
+        builder.system("random-caption")  # builds vqgan-recon inside it
+        return {alias: builder.made_of(("system", alias)) for alias in ("vqgan-recon", "random-caption")}
+
+    first = made_of("vqgan")
+    assert set(first["vqgan-recon"]) < set(first["random-caption"])
+    assert made_of("vqgan") == first
+    assert made_of("vqgan2")["random-caption"] != first["random-caption"]  # only the wrapped system changed
+    torch.manual_seed(1)
+    time.sleep(0.01)
+    save_vqgan(ckpt, VQGAN(get_preset("tiny").vqgan))  # new weights, same folder
+    rewritten = made_of("vqgan")
+    assert rewritten["vqgan-recon"] != first["vqgan-recon"] and rewritten["random-caption"] != first["random-caption"]
+
+
+def test_a_shard_refuses_a_folder_of_another_build_and_deletes_nothing(tmp_path):
+    out, cache = tmp_path / "r", tmp_path / "cache"
+    Runner(_trained_suite(tmp_path, 2), out_dir=out, progress=False, cache=cache).run()
+    recon = out / "samples" / "vqgan-recon" / "seed0"
+    before = _stamps(recon)
+    shard = Runner(_trained_suite(tmp_path, 3), out_dir=out, progress=False, cache=cache, rank=1, world=2)
+    with pytest.raises(UserError, match="holds samples of another build"):
+        shard.run_shard()
+    assert _stamps(recon) == before
+    Runner(_trained_suite(tmp_path, 3), out_dir=out, progress=False, cache=cache).run()  # the coordinator renews it
+    shard = Runner(_trained_suite(tmp_path, 3), out_dir=out, progress=False, cache=cache, rank=1, world=2)
+    shard.run_shard()  # now the same build: nothing to do
+    assert len(_stamps(recon)) == 8 and all(t != before[n] for n, t in _stamps(recon).items())

@@ -134,10 +134,10 @@ def optimise_latents(vqgan, clip, text_emb: Tensor, seeds: list[int], steps: int
     taken: dict[int, Tensor] = {}
     was_training = vqgan.training
     trainable = [p for p in vqgan.parameters() if p.requires_grad]
-    vqgan.eval()
-    for p in trainable:  # only z is optimised: no weight gradients computed or accumulated
-        p.requires_grad_(False)
     try:
+        vqgan.eval()
+        for p in trainable:  # only z is optimised: no weight gradients computed or accumulated
+            p.requires_grad_(False)
         with torch.enable_grad():
             for step in range(steps + 1):
                 if step in snapshots:
