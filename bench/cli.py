@@ -55,8 +55,9 @@ def cli() -> None:
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--fresh", is_flag=True, help="delete the run folder first instead of resuming")
 @click.option("--quiet", is_flag=True, help="no progress bars")
-@click.option("--nproc", type=click.IntRange(min=1), default=1, show_default=True,
-              help="generate with N processes (captions sharded); metrics are computed once, at the end")
+@click.option("--nproc", type=click.IntRange(min=1), default=None,
+              help="generate with N processes (captions sharded); metrics are computed once, at the end "
+                   "(default: the suite's generation.processes, 1 unless it says)")
 @click.option("--shard", default=None, metavar="R/N",
               help="only generate shard R of N into --out (no metrics); a later plain run measures")
 @click.option("--build-workers", type=click.IntRange(min=1), default=None,
@@ -92,7 +93,8 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
             runner, results = run_torchrun(suite, fresh=fresh, **common)
             if results is None:
                 return  # not rank 0: rank 0 measures and prints
-        elif nproc > 1:
+        elif (nproc or suite.generation.processes) > 1:
+            nproc = nproc or suite.generation.processes
             runner, results = run_sharded(suite, suite_path, overrides, nproc, fresh=fresh, **common)
         else:
             runner = Runner(suite, fresh=fresh, **common)

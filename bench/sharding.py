@@ -13,6 +13,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+
+from tqdm.auto import tqdm
 
 from bench.api import UserError
 from bench.runner import Runner
@@ -41,12 +44,32 @@ def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_
     if limit is not None:
         base += ["--limit", str(limit)]
     procs = [subprocess.Popen(base + ["--shard", f"{r}/{nproc}"], stdout=subprocess.DEVNULL) for r in range(nproc)]
-    codes = [p.wait() for p in procs]
+    codes = _wait_showing_progress(procs, runner, items, progress)
     failed = [f"{r}/{nproc} (exit {c})" for r, c in enumerate(codes) if c != 0]
     if failed:
         raise UserError(f"generation shards failed: {', '.join(failed)}; rerun the same command to resume")
     runner.generate_all(systems, items)  # nothing is missing unless a shard was cut short
     return runner, runner.measure(builder, dataset, items, systems)
+
+
+def _wait_showing_progress(procs: list[subprocess.Popen], runner: Runner, items, progress: bool) -> list[int]:
+    """Wait for the shard processes (which run quietly), with one bar counting the samples they write."""
+    folders = [runner.sample_dir(spec.alias, seed) for spec in runner.suite.systems
+               for seed in runner.suite.seeds_of(spec.alias)]
+    wanted = {f"{it.caption_id:06d}.png" for it in items}
+
+    def written() -> int:
+        return sum(len(wanted.intersection(os.listdir(f))) for f in folders if f.is_dir())
+
+    bar = tqdm(total=len(folders) * len(wanted), initial=written(), unit="img", disable=not progress,
+               desc=f"generate in {len(procs)} processes")
+    try:
+        while any(p.poll() is None for p in procs):
+            time.sleep(1.0)
+            bar.update(written() - bar.n)
+    finally:
+        bar.close()
+    return [p.wait() for p in procs]
 
 
 def run_torchrun(suite, fresh: bool, out_dir, device, limit, progress, build_workers: int = 1):

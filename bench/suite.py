@@ -37,6 +37,8 @@ class GenerationSpec:
     seeds: tuple[int, ...] = field(default=(0,), metadata={"min": 0, "help": "one full generation pass per seed"})
     threads: int | None = field(default=None, metadata={"min": 1, "help": "torch threads (default: all cores)"})
     warmup: bool = field(default=True, metadata={"help": "one untimed generate() before timing"})
+    processes: int = field(default=1, metadata={"min": 1, "help": "generate in N processes of cores/N threads "
+                                                              "(captions sharded, the same samples; --nproc wins)"})
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,17 @@ def test_two_processes_equal_one(tmp_path):
     two = _bench("run", suite, "--out", tmp_path / "two", "--quiet", "--nproc", "2")
     assert two.returncode == 0, two.stderr
     _assert_same_run(tmp_path / "one", tmp_path / "two")
+    # the suite's own generation.processes does the same, with one bar counting what the shards write
+    by_suite = _bench("run", suite, "--out", tmp_path / "by-suite", "--set", "generation.processes=2")
+    assert by_suite.returncode == 0, by_suite.stderr
+    assert "generate in 2 processes" in by_suite.stderr and "96/96" in by_suite.stderr
+    _assert_same_run(tmp_path / "one", tmp_path / "by-suite")
+    # --nproc wins over the suite
+    again = _bench("run", suite, "--out", tmp_path / "forced-one", "--quiet", "--set", "generation.processes=2",
+                   "--nproc", "1")
+    assert again.returncode == 0, again.stderr
+    assert sorted(p.name for p in (tmp_path / "forced-one" / "timings" / "noise").iterdir()) == \
+        ["seed0.jsonl", "seed1.jsonl"]
 
 
 def test_bad_shard_spec_exits_2(tmp_path):
