@@ -47,9 +47,9 @@ class Builder:
 
     def made_of(self, item: Item) -> list[str]:
         """What an item was built from, its own and that of everything it uses: cached artefacts by key, components
-        by key (checkpoints by path, size and mtime), systems by name and arguments, the files its arguments
-        name (`kind/hash` entries). Equal lists: the same weights and settings, unless a file was rewritten
-        keeping its size and mtime."""
+        by key (checkpoints by `path_stamp`), systems by name and arguments, the files their arguments name
+        (`kind/hash` entries). Equal lists: the same weights and settings, unless a file was rewritten keeping
+        its size and mtime."""
         return sorted(self._made_of.get(item, ()))
 
     def _record(self, entries) -> None:

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from bench.api import CaptionItem, RunContext, SampleBatch, TimingRecord, UserError
 from bench.build import Builder, default_threads
 from bench.build_pool import ready_builder
-from bench.cache import atomic_write_bytes, cache_dir
+from bench.cache import atomic_write_bytes, cache_dir, key_hash
 from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 from bench.results import Results, measured_row
@@ -215,8 +215,7 @@ class Runner:
         what = {"system": spec.name, "args": dataclasses.asdict(spec.args) if dataclasses.is_dataclass(spec.args)
                 else spec.args, "artefacts": builder.made_of(("system", alias)), "dataset": dataset.identity(),
                 "device": self.device.split(":")[0]}
-        return {"fingerprint": hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:16],
-                **what}
+        return {"fingerprint": key_hash(what), **what}
 
     def prepare_sample_folders(self, builder: Builder, dataset) -> None:
         """Samples left by an earlier run are reused (resume) only if the same build made them. The coordinator
