@@ -10,7 +10,7 @@ import torch
 from bench.api import UserError
 from bench.cache import artefact_dir, cached_artefact, key_hash, path_stamp
 from bench.registry import COMPONENTS, SYSTEMS
-from bench.suite import Suite, path_args
+from bench.suite import Suite, args_dict, path_args
 
 Item = tuple[str, str]  # ("component", name) or ("system", alias)
 
@@ -115,9 +115,8 @@ class Builder:
             item = ("system", alias)
             if item in self._building:
                 raise UserError(f"systems refer to each other in a cycle: {self._cycle(item)}")
-            args = dataclasses.asdict(spec.args) if dataclasses.is_dataclass(spec.args) else spec.args
             self._made_of.setdefault(item, set()).update(
-                {f"system:{alias}/{key_hash({'name': spec.name, 'args': args})}"}
+                {f"system:{alias}/{key_hash({'name': spec.name, 'args': args_dict(spec.args)})}"}
                 | {f"file:{path}/{key_hash(path_stamp(path))}" for _, path in path_args(spec.args)})
             self._building.append(item)
             try:

@@ -93,8 +93,7 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
             runner, results = run_torchrun(suite, fresh=fresh, **common)
             if results is None:
                 return  # not rank 0: rank 0 measures and prints
-        elif (nproc or suite.generation.processes) > 1:
-            nproc = nproc or suite.generation.processes
+        elif (nproc := nproc or suite.generation.processes) > 1:
             runner, results = run_sharded(suite, suite_path, overrides, nproc, fresh=fresh, **common)
         else:
             runner = Runner(suite, fresh=fresh, **common)

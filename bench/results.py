@@ -6,7 +6,6 @@ versions, device, timestamp, extra.
 """
 from __future__ import annotations
 
-import dataclasses
 import datetime as _dt
 import functools
 import hashlib
@@ -22,6 +21,7 @@ import pandas as pd
 
 import bench
 from bench.cache import atomic_write_bytes, atomic_write_text
+from bench.suite import args_dict
 
 COLUMNS = ["suite", "suite_version", "system", "system_name", "uses_captions", "metric", "variant", "value", "n",
            "seed", "source", "citation", "args_hash", "git_sha", "versions", "device", "timestamp", "extra"]
@@ -48,12 +48,6 @@ def versions() -> str:
                       sort_keys=True)
 
 
-def _args_dict(args) -> dict:
-    if args is None:
-        return {}
-    return dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args)
-
-
 def args_hash(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
@@ -76,8 +70,8 @@ def measured_row(suite, system_spec, system, metric_spec, value, seed: int, devi
         "system_name": system_spec.name, "uses_captions": bool(getattr(system, "uses_captions", False)),
         "metric": value.metric, "variant": value.variant, "value": float(value.value), "n": int(value.n),
         "seed": int(seed), "source": "measured", "citation": "",
-        "args_hash": args_hash(system_spec.name, _args_dict(system_spec.args), metric_spec.name,
-                               _args_dict(metric_spec.args)),
+        "args_hash": args_hash(system_spec.name, args_dict(system_spec.args), metric_spec.name,
+                               args_dict(metric_spec.args)),
         "git_sha": git_sha(), "versions": versions(), "device": device, "timestamp": _now(),
         "extra": json.dumps(extra, sort_keys=True, default=str),
     }
@@ -90,7 +84,7 @@ def component_row(suite, component: str, metric: str, variant: str, value: float
         "suite": suite.suite, "suite_version": suite.version, "system": f"[{component}]",
         "system_name": f"component:{spec.kind}", "uses_captions": False, "metric": metric, "variant": variant,
         "value": float(value), "n": int(n), "seed": -1, "source": "measured", "citation": "",
-        "args_hash": args_hash(spec.kind, spec.path, _args_dict(spec.train)), "git_sha": git_sha(),
+        "args_hash": args_hash(spec.kind, spec.path, args_dict(spec.train)), "git_sha": git_sha(),
         "versions": versions(), "device": device, "timestamp": _now(), "extra": "{}",
     }
 

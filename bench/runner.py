@@ -35,7 +35,7 @@ from bench.cache import atomic_write_bytes, cache_dir, key_hash
 from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 from bench.results import Results, measured_row
-from bench.suite import Suite, path_args
+from bench.suite import Suite, args_dict, path_args
 
 
 def caption_seed(seed: int, caption_id: int) -> int:
@@ -212,9 +212,8 @@ class Runner:
         weights by cache key, checkpoint files by path, size and mtime), the dataset (caption ids -> captions)
         and the device type. Not the batch size or thread count (see the module docstring)."""
         spec = self.suite.system(alias)
-        what = {"system": spec.name, "args": dataclasses.asdict(spec.args) if dataclasses.is_dataclass(spec.args)
-                else spec.args, "artefacts": builder.made_of(("system", alias)), "dataset": dataset.identity(),
-                "device": self.device.split(":")[0]}
+        what = {"system": spec.name, "args": args_dict(spec.args), "artefacts": builder.made_of(("system", alias)),
+                "dataset": dataset.identity(), "device": self.device.split(":")[0]}
         return {"fingerprint": key_hash(what), **what}
 
     def prepare_sample_folders(self, builder: Builder, dataset) -> None:

@@ -530,6 +530,13 @@ def _dataset_keys(ds: Any) -> tuple[str, ...]:
     return ("name",) + tuple(f.name for f in dataclasses.fields(args)) if args else ("name",)
 
 
+def args_dict(args: Any) -> dict:
+    """A spec's arguments as a plain dict (a dataclass's fields; {} for none)."""
+    if args is None:
+        return {}
+    return dataclasses.asdict(args) if dataclasses.is_dataclass(args) else dict(args)
+
+
 def path_args(args: Any) -> list[tuple[str, str]]:
     """(field name, path) for every argument declared a path (registry metadata `path`) that is set."""
     if not dataclasses.is_dataclass(args):

@@ -59,7 +59,7 @@ class SelfAttention(nn.Module):
             with torch.autocast("cpu", enabled=False):
                 y = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=True, dropout_p=dropout)
             return y.to(q.dtype)
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)  # [B,H,T,Dh] -> [B,T,d]
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
 
     def decode(self, x: Tensor, cache: "KVCache", layer: int, pos: int | Tensor, backend: str) -> Tensor:
         """One new position: x [B,1,d] at sequence position ``pos``; writes k/v at pos, attends to 0..pos.
