@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -74,6 +75,17 @@ def test_streams_uint8_batches_in_seeded_order(tmp_path):
     few = make_imagefolder(ImageFolderArgs(root=str(tmp_path), resolution=16, max_images=2))
     assert len(few) == 2 and few.identity() != d.identity()
     assert d.identity() == make_imagefolder(ImageFolderArgs(root=str(tmp_path), resolution=16, seed=0)).identity()
+
+
+def test_identity_sees_replaced_files_not_a_copied_tree(tmp_path):
+    src = tmp_path / "src"
+    make_tree(src)
+    ident = make_imagefolder(ImageFolderArgs(root=str(src), resolution=16)).identity()
+    copy = tmp_path / "copy"
+    shutil.copytree(src, copy, copy_function=shutil.copyfile)  # new mtimes, same bytes
+    assert make_imagefolder(ImageFolderArgs(root=str(copy), resolution=16)).identity() == ident
+    Image.new("RGB", (61, 43), (9, 9, 9)).save(copy / "n01" / "a.jpg")  # same name, another image
+    assert make_imagefolder(ImageFolderArgs(root=str(copy), resolution=16)).identity() != ident
 
 
 def test_no_captions_anywhere(tmp_path):

@@ -140,6 +140,20 @@ def test_identity_and_errors(root, tmp_path):
         ds(root).eval_captions()
 
 
+def test_identity_and_reference_key_see_replaced_images(root):
+    d = ds(root, num_captions=4, train_split="val-rest")
+    ident, ref = d.identity(), d.reference_key()
+    chosen, rest = d._drawn()[1], d._drawn()[2]
+    with open(d._eval_path(rest[0]), "ab") as f:  # a training image changes: the training data, not the reference set
+        f.write(b"\0")
+    after = ds(root, num_captions=4, train_split="val-rest")
+    assert after.identity() != ident and after.reference_key() == ref
+    with open(d._eval_path(chosen[0]), "ab") as f:  # a reference image changes: both
+        f.write(b"\0")
+    again = ds(root, num_captions=4, train_split="val-rest")
+    assert again.reference_key() != ref and again.identity() != after.identity()
+
+
 def test_broken_jpeg_is_user_error(root):
     d = ds(root, num_captions=2)
     with open(d._eval_path(d.eval_captions()[0].info["image_id"]), "wb") as f:

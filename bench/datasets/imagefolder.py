@@ -55,6 +55,16 @@ def list_images(root: str, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> list
     return sorted(found)
 
 
+def files_stamp(paths: Sequence[str], root: str) -> str:
+    """A hash of the files' paths relative to `root`, in order, and their byte sizes: a file replaced by another
+    image changes it, a folder copied or moved elsewhere does not (mtimes are left out on purpose, so a copied
+    dataset does not retrain everything). Only a replacement of exactly the same byte size goes unseen."""
+    h = hashlib.sha256()
+    for p in paths:
+        h.update(f"{os.path.relpath(p, root)}\t{os.path.getsize(p)}\n".encode())
+    return h.hexdigest()[:16]
+
+
 def centre_crop_resize(img: Image.Image, resolution: int, resample: str = "bicubic") -> Image.Image:
     """The largest centred square, resized to resolution x resolution (RGB)."""
     img = img.convert("RGB")
@@ -143,6 +153,7 @@ class ImageFolder(Dataset):
         self.root = args.root
         self.resolution = args.resolution
         self._paths: list[str] | None = None
+        self._stamp: str | None = None  # files_stamp of paths(), on first identity()
 
     def paths(self) -> list[str]:
         """Absolute paths in streaming order (seeded shuffle or sorted), cut to max_images."""
@@ -162,10 +173,10 @@ class ImageFolder(Dataset):
         return len(self.paths())
 
     def identity(self) -> dict:
-        rel = [os.path.relpath(p, self.root) for p in self.paths()]
-        listing = hashlib.sha256("\n".join(rel).encode()).hexdigest()[:16]
+        if self._stamp is None:
+            self._stamp = files_stamp(self.paths(), self.root)
         return {"name": self.name, "resolution": self.resolution, "seed": self.args.seed,
-                "count": len(rel), "listing_sha256": listing, "shuffle": self.args.shuffle,
+                "count": len(self.paths()), "files_sha256": self._stamp, "shuffle": self.args.shuffle,
                 "resample": self.args.resample}
 
     def iter_train_images(self, batch_size: int = 256) -> Iterator[Tensor]:

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from bench.api import CaptionItem, UserError
 from bench.datasets.base import Dataset
-from bench.datasets.imagefolder import RESAMPLING, iter_image_batches, list_images, stack_or_refuse
+from bench.datasets.imagefolder import RESAMPLING, files_stamp, iter_image_batches, list_images, stack_or_refuse
 from bench.registry import DATASETS
 
 ENV_ROOT = "BENCH_COCO_ROOT"
@@ -139,6 +139,7 @@ class MSCOCO(Dataset):
         self._draw: tuple[list[CaptionItem], list[int], list[int]] | None = None
         self._real_perm: dict[int, np.ndarray] = {}
         self._train_paths: list[str] | None = None
+        self._stamps: dict[str, str] = {}
 
     # -- annotations and the seeded draw, on first use
     def eval_index(self) -> CaptionIndex:
@@ -172,6 +173,26 @@ class MSCOCO(Dataset):
     def _eval_path(self, image_id: int) -> str:
         return os.path.join(self.root, self.args.eval_split, self.eval_index().file_names[image_id])
 
+    def _files_stamp(self, which: str) -> str:
+        """files_stamp (relative path and size) of the reference images ("reference") or of every file the dataset
+        reads ("all": captions files, captioned eval images, the training folder), computed once."""
+        if which not in self._stamps:
+            a, (_, chosen, _) = self.args, self._drawn()
+            if which == "reference":
+                paths = [self._eval_path(i) for i in chosen]
+            else:
+                paths = [captions_json(self.root, a.eval_split)]
+                paths += [self._eval_path(i) for i in self.eval_index().image_ids]
+                if a.train_split != "val-rest":
+                    folder = os.path.join(self.root, a.train_split)
+                    paths += [captions_json(self.root, a.train_split)]
+                    paths += [os.path.join(folder, p) for p in list_images(folder)]
+            try:
+                self._stamps[which] = files_stamp(paths, self.root)
+            except OSError as err:
+                raise UserError(f"MS-COCO file missing or unreadable: {err}") from None
+        return self._stamps[which]
+
     # -- the Dataset contract
     def identity(self) -> dict:
         a = self.args
@@ -179,7 +200,8 @@ class MSCOCO(Dataset):
         drawn = hashlib.sha256(",".join(map(str, chosen)).encode()).hexdigest()[:16]
         return {"name": self.name, "resolution": a.resolution, "seed": a.seed, "num_captions": a.num_captions,
                 "eval_split": a.eval_split, "train_split": a.train_split, "max_train_images": a.max_train_images,
-                "num_pairs": a.num_pairs, "resample": a.resample, "crop": "centre", "drawn_images_sha": drawn}
+                "num_pairs": a.num_pairs, "resample": a.resample, "crop": "centre", "drawn_images_sha": drawn,
+                "files_sha256": self._files_stamp("all")}
 
     def eval_captions(self) -> list[CaptionItem]:
         return list(self._drawn()[0])
@@ -192,7 +214,7 @@ class MSCOCO(Dataset):
         ident = self.identity()
         return {"dataset": self.name, "split": f"{self.args.eval_split}/caption-images", "count": self.args.num_captions,
                 "resolution": self.resolution, "seed": self.args.seed, "crop": "centre", "resample": self.args.resample,
-                "drawn_images_sha": ident["drawn_images_sha"]}
+                "drawn_images_sha": ident["drawn_images_sha"], "files_sha256": self._files_stamp("reference")}
 
     def real_images(self, items: list[CaptionItem], seeds: list[int]) -> Tensor:
         """For caption position p and seed s: the p-th image of a seed-s permutation of the non-reference val images."""
