@@ -74,6 +74,8 @@ class TimingRecord:
     peak_memory_bytes: int = 0
     batch_size: int = 0
     device: str = "cpu"
+    process: int = 0  # the generating process (shard rank; 0 when unsharded)
+    start: float = 0.0  # wall clock (time.time()) when the call began; 0 in records older than this field
 
 
 @dataclass

@@ -267,6 +267,7 @@ class Runner:
             batch = todo[start:start + bs]
             seeds = [caption_seed(seed, it.caption_id) for it in batch]
             _sync(self.device)
+            wall0 = time.time()
             t0 = time.perf_counter()
             images = system.generate([it.caption for it in batch], [it.caption_id for it in batch], seeds)
             _sync(self.device)
@@ -279,7 +280,8 @@ class Runner:
                 atomic_write_bytes(folder / f"{it.caption_id:06d}.png", _png_bytes(image))
             record = TimingRecord(seconds=seconds, images=len(batch),
                                   tokens=len(batch) * int(getattr(system, "tokens_per_image", 0)),
-                                  peak_memory_bytes=_peak_memory(self.device), batch_size=bs, device=self.device)
+                                  peak_memory_bytes=_peak_memory(self.device), batch_size=bs, device=self.device,
+                                  process=self.rank, start=wall0)
             with open(timing_file, "a") as fh:
                 fh.write(json.dumps(dataclasses.asdict(record)) + "\n")
             bar.update(len(batch))

@@ -27,3 +27,23 @@ def test_throughput_without_tokens_or_timings(tmp_path):
     rows = build_throughput(None).compute(make_ctx(ds, tmp_path, timings=[TimingRecord(1.0, 10)]))
     assert "tokens/s" not in {r.variant for r in rows}
     assert build_throughput(None).compute(make_ctx(ds, tmp_path)) == []
+
+
+def test_concurrent_processes_add_up_sequential_ones_do_not(tmp_path):
+    ds = TensorDataset(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+
+    def rows(timings):
+        return {r.variant: r for r in build_throughput(None).compute(make_ctx(ds, tmp_path, timings=timings))}
+
+    # two processes, each 10 images in 2 calls of 1 s, side by side over the same 2 s of wall time
+    side = [TimingRecord(1.0, 5, process=p, start=100.0 + i + 0.1 * p) for p in (0, 1) for i in (0, 1)]
+    got = rows(side)
+    assert got["images/s"].value == pytest.approx(20 / 2.1)  # union [100, 102.1]
+    assert got["seconds/image"].value == pytest.approx(4.0 / 20)  # each process spends 0.2 s per image
+    assert got["images/s"].extra["processes"] == 2 and got["images/s"].extra["process_images_per_s"] == [5.0, 5.0]
+    # the same calls one shard after the other (e.g. `--shard 0/2`, then `--shard 1/2`): no overlap, no gain
+    after = [TimingRecord(1.0, 5, process=p, start=100.0 + i + 50 * p) for p in (0, 1) for i in (0, 1)]
+    assert rows(after)["images/s"].value == pytest.approx(5.0)
+    # records from before `start` was recorded count back to back, beside dated ones
+    assert rows([TimingRecord(2.0, 10), TimingRecord(1.0, 5, start=7.0), TimingRecord(1.0, 5, start=7.5)])[
+        "images/s"].value == pytest.approx(20 / 3.5)

@@ -1,4 +1,5 @@
 """Sharded generation equals a single-process run exactly (samples and numbers)."""
+import json
 import os
 import subprocess
 import sys
@@ -28,6 +29,9 @@ def _assert_same_run(one, two):
     assert all((one / p).read_bytes() == (two / p).read_bytes() for p in pngs)
     assert sorted(p.name for p in (two / "timings" / "noise").iterdir()) == \
         ["seed0.rank0.jsonl", "seed0.rank1.jsonl", "seed1.rank0.jsonl", "seed1.rank1.jsonl"]
+    for rank in (0, 1):  # each record names its process and wall-clock start (throughput adds processes up)
+        records = [json.loads(line) for line in (two / "timings" / "noise" / f"seed0.rank{rank}.jsonl").read_text().splitlines()]
+        assert records and all(r["process"] == rank and r["start"] > 1e9 for r in records)
     a, b = (pd.read_csv(d / "results.csv") for d in (one, two))
     assert len(a) == len(b) == 2 * 2 * 2
     assert list(a["value"]) == list(b["value"])
