@@ -2,7 +2,8 @@
 
 CI cannot train to convergence, but a few dozen steps from a fixed seed already move when a change
 breaks a loss, an optimiser or the quantiser: the probe trains each stage for a fixed number of
-steps and reports the loss at the last step and the codebook usage. It also measures two speed
+steps and reports the loss at the last step and the codebook usage; the GPT trains twice, in fp32 and
+in bf16 autocast (the default where the hardware has bf16). It also measures two speed
 ratios in one process, interleaved (absolute times on shared machines are noise; ratios are not):
 cached vs uncached decoding, and chunked VQ lookup vs the bare matrix product it cannot avoid.
 
@@ -62,7 +63,7 @@ def run_probe(images: torch.Tensor, pair_images: torch.Tensor, captions: list[st
     from reference.gpt import GPT
     from reference.kernels import vq_lookup
     from reference.sample import sample_tokens
-    from reference.train import train_gpt, train_vqgan
+    from reference.train import native_bf16, train_gpt, train_vqgan
 
     n = images.shape[0]
     out: list[MetricValue] = []
@@ -77,6 +78,11 @@ def run_probe(images: torch.Tensor, pair_images: torch.Tensor, captions: list[st
     _, gstats = train_gpt(tokens, emb, cfg, steps=args.gpt_steps, seed=args.seed, progress=False,
                           cond_dim=emb.shape[1])
     out.append(MetricValue("probe-loss", f"gpt@{args.gpt_steps}", float(gstats["history"][-1]), n))
+    # the same run in bf16 autocast, what `train: {precision: auto}` picks on CPUs with native bf16 and on GPUs
+    _, bstats = train_gpt(tokens, emb, cfg, steps=args.gpt_steps, seed=args.seed, progress=False,
+                          cond_dim=emb.shape[1], bf16=True)
+    out.append(MetricValue("probe-loss", f"gpt-bf16@{args.gpt_steps}", float(bstats["history"][-1]), n,
+                           {"native_bf16": native_bf16(torch.device("cpu"))}))
 
     # speed ratios, measured in this process
     torch.manual_seed(args.seed)
