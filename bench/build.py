@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from bench.api import UserError
-from bench.cache import artefact_dir, cached_artefact, key_hash, path_stamp
+from bench.cache import artefact_dir, cached_artefact, code_fingerprint, key_hash, path_stamp
 from bench.registry import COMPONENTS, SYSTEMS
 from bench.suite import Suite, args_dict, path_args
 
@@ -29,6 +29,7 @@ class Builder:
     Training threads change the numbers (float reduction order), so every artefact's key names where it was
     trained: the device type and, on a CPU, the thread count. `build_threads` is that count (default: this
     process's torch threads); `defer_training` makes a missing artefact raise NeedsTraining instead.
+    Keys also name the code (`code_of`): editing the model, the training recipe or the dataset retrains.
     """
 
     def __init__(self, suite: Suite, dataset: Any, device: str, cache_dir: str, progress: bool = True,
@@ -65,6 +66,11 @@ class Builder:
             return {"device": self.device.split(":")[0]}
         return {"device": "cpu", "threads": self.build_threads or torch.get_num_threads()}
 
+    def code_of(self, module: str) -> str:
+        """Fingerprint of the code behind an artefact: the reference package (models, training, sampling), the
+        module that builds it (a component's or system's) and the dataset's modules."""
+        return code_fingerprint("reference", module, *self.dataset.code_modules())
+
     def _cycle(self, item: Item) -> str:
         return " -> ".join(name for _, name in self._building + [item])
 
@@ -88,7 +94,7 @@ class Builder:
 
     def cached(self, kind: str, key: dict, train: Callable[[], Any], save: Callable[[Any, str], None],
                load: Callable[[str], Any]) -> Any:
-        key = {**key, "trained_on": self.trained_on()}
+        key = {**key, "trained_on": self.trained_on(), "code": self.code_of(train.__module__)}
         self._record({artefact_dir("", kind, key).as_posix()})
         if self.defer_training and self._building and not (artefact_dir(self.cache_dir, kind, key) / "key.json").exists():
             raise NeedsTraining(self._building[-1])
@@ -101,7 +107,8 @@ class Builder:
             source = {"path_prefix": prefix, **path_stamp(file)}
         else:
             source = {"train": dataclasses.asdict(spec.train) if dataclasses.is_dataclass(spec.train) else spec.train}
-        return {"kind": spec.kind, **source, "dataset": self.dataset.identity()}
+        return {"kind": spec.kind, **source, "dataset": self.dataset.identity(),
+                "code": self.code_of(COMPONENTS.get(spec.kind).factory.__module__)}
 
     # ---- systems ---------------------------------------------------------------------------
     def system(self, alias: str) -> Any:
@@ -115,8 +122,9 @@ class Builder:
             item = ("system", alias)
             if item in self._building:
                 raise UserError(f"systems refer to each other in a cycle: {self._cycle(item)}")
+            code = self.code_of(SYSTEMS.get(spec.name).factory.__module__)
             self._made_of.setdefault(item, set()).update(
-                {f"system:{alias}/{key_hash({'name': spec.name, 'args': args_dict(spec.args)})}"}
+                {f"system:{alias}/{key_hash({'name': spec.name, 'args': args_dict(spec.args), 'code': code})}"}
                 | {f"file:{path}/{key_hash(path_stamp(path))}" for _, path in path_args(spec.args)})
             self._building.append(item)
             try:

@@ -1,10 +1,14 @@
 """The one cache directory (env BENCH_CACHE, default ~/.cache/clipgen-bench) and atomic writes."""
 from __future__ import annotations
 
+import ast
+import functools
 import hashlib
+import importlib.util
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +37,52 @@ def path_stamp(path: str | Path) -> dict:
         listing = [(f.relative_to(p).as_posix(), f.stat().st_size, f.stat().st_mtime_ns) for f in files]
         return {"path": str(p.resolve()), "files": len(listing), "contents": key_hash({"files": listing})}
     return {"path": str(p), "size": None, "mtime_ns": None}
+
+
+def _code_of_file(path: Path) -> str:
+    """A Python file's code as the interpreter sees it: its AST with docstrings removed, so comments, docstrings and
+    formatting do not count."""
+    tree = ast.parse(path.read_bytes(), filename=str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                and isinstance(body[0].value.value, str):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree, include_attributes=False)
+
+
+@functools.lru_cache(maxsize=None)
+def code_fingerprint(*modules: str) -> str:
+    """A hash of the code of the named modules (a package counts with every module under it): part of the key of
+    whatever that code trains or computes, so a change to it cannot leave results of the old code in the cache.
+    Docstrings, comments and formatting are left out (`_code_of_file`)."""
+    h = hashlib.sha256()
+    for name in sorted(set(modules)):
+        root, files = _module_files(name)
+        h.update(f"{name}\n".encode())
+        for f in files:
+            h.update(f"{f.relative_to(root).as_posix()}\n{_code_of_file(f)}\n".encode())
+    return h.hexdigest()[:20]
+
+
+def _module_files(name: str) -> tuple[Path, list[Path]]:
+    """(folder, the module's source files): every file under a package. A module without a findable source (code
+    typed into an interpreter) gives no files, so only its name counts."""
+    module = sys.modules.get(name)
+    origin = getattr(module, "__file__", None)
+    if origin is None:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        origin = spec.origin if spec is not None else None
+    if origin is None or not origin.endswith(".py") or not os.path.isfile(origin):
+        return Path("."), []
+    origin = Path(origin)
+    if origin.name == "__init__.py":  # a package: all of its modules
+        return origin.parent, sorted(origin.parent.rglob("*.py"))
+    return origin.parent, [origin]
 
 
 def _full_key(kind: str, key: dict) -> dict:

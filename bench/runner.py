@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from bench.api import CaptionItem, RunContext, SampleBatch, TimingRecord, UserError
 from bench.build import Builder, default_threads
 from bench.build_pool import ready_builder
-from bench.cache import atomic_write_bytes, cache_dir, key_hash
+from bench.cache import atomic_write_bytes, cache_dir, code_fingerprint, key_hash
 from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 from bench.results import Results, measured_row
@@ -213,7 +213,8 @@ class Runner:
         and the device type. Not the batch size or thread count (see the module docstring)."""
         spec = self.suite.system(alias)
         what = {"system": spec.name, "args": args_dict(spec.args), "artefacts": builder.made_of(("system", alias)),
-                "dataset": dataset.identity(), "device": self.device.split(":")[0]}
+                "dataset": dataset.identity(), "device": self.device.split(":")[0],
+                "code": code_fingerprint(__name__)}  # the systems' own code is in their artefact entries
         return {"fingerprint": key_hash(what), **what}
 
     def prepare_sample_folders(self, builder: Builder, dataset) -> None:

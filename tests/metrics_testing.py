@@ -44,6 +44,9 @@ class TensorDataset:
     def attributes(self) -> dict:
         return dict(self._attributes)
 
+    def code_modules(self) -> list[str]:
+        return [__name__]
+
 
 def make_ctx(dataset: Any, cache_dir: str, components: dict | None = None, system: Any = None,
              timings: list[TimingRecord] | None = None) -> RunContext:

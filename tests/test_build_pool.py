@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
+import bench.build
 from bench.build import Builder, NeedsTraining
 from bench.build_pool import build_order, prebuild
 from bench.datasets.base import build_dataset
@@ -81,6 +82,30 @@ def test_the_cache_key_names_the_training_threads(suite_file, tmp_path):
 
     assert [cached(1), cached(2), cached(1), cached(2)] == [1, 2, 1, 2]
     assert trained == [1, 2]  # each thread count trained once, then loaded
+
+
+def test_the_cache_key_names_the_code(suite_file, tmp_path, monkeypatch):
+    """Editing the code behind an artefact (reference/, its component's module, the dataset's) retrains it."""
+    suite = load_suite(suite_file)
+    dataset = build_dataset(suite.dataset)
+    trained = []
+
+    def cached():
+        builder = Builder(suite, dataset, "cpu", str(tmp_path), progress=False, build_threads=1)
+        value = builder.cached("thing", {"a": 1}, train=lambda: trained.append(1) or len(trained),
+                               save=lambda obj, d: Path(d, "v").write_text(str(obj)),
+                               load=lambda d: int(Path(d, "v").read_text()))
+        return value, builder.key_of("vqgan")
+
+    (first, vqgan_key), (again, same_key) = cached(), cached()
+    assert first == again == 1 and vqgan_key == same_key
+    seen = []
+    real = bench.build.code_fingerprint
+    monkeypatch.setattr(bench.build, "code_fingerprint", lambda *mods: seen.append(mods) or real(*mods) + "-edited")
+    edited, edited_key = cached()
+    assert edited == 2 and trained == [1, 1] and edited_key != vqgan_key
+    assert all("reference" in mods and "bench.datasets.shapes" in mods for mods in seen)
+    assert ("reference", "bench.components.vqgan_component", "bench.datasets.shapes") in seen
 
 
 def test_the_gpt_key_names_the_precision_it_trained_in(tmp_path):

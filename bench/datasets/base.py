@@ -45,6 +45,10 @@ class Dataset(ABC):
         """Attribute name -> its values, for judges (empty for datasets without attributes)."""
         return {}
 
+    def code_modules(self) -> list[str]:
+        """The modules whose code makes this dataset's images and captions (their code joins the cache keys)."""
+        return [type(self).__module__]
+
 
 def build_dataset(spec) -> Dataset:
     """The suite's `dataset:` (a `bench.suite.DatasetSpec`) as a Dataset; with a `train_source:` the image-only

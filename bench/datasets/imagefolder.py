@@ -226,6 +226,9 @@ class WithTrainSource(Dataset):
     def identity(self) -> dict:
         return {**self.dataset.identity(), "train_source": self.train_source.identity()}
 
+    def code_modules(self) -> list[str]:
+        return [__name__, *self.dataset.code_modules(), *self.train_source.code_modules()]
+
     def train_images(self) -> Tensor:
         return self.train_source.train_images()
 

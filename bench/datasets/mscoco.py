@@ -194,6 +194,9 @@ class MSCOCO(Dataset):
         return self._stamps[which]
 
     # -- the Dataset contract
+    def code_modules(self) -> list[str]:
+        return [__name__, "bench.datasets.imagefolder"]  # the image helpers live there
+
     def identity(self) -> dict:
         a = self.args
         _, chosen, _ = self._drawn()

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor
 
 from bench.api import RunContext, SampleBatch
+from bench.cache import code_fingerprint
 from bench.features import build_extractor, gaussian_blur
 
 STATS_FORMAT = 1  # bump when the stored layout or the computation behind it changes
@@ -137,7 +138,7 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
     and the blur radius; the count is part of the reference key. Returns (stats, was_cached).
     """
     key = {"format": STATS_FORMAT, "reference": ctx.reference_key(), "extractor": extractor.identity(),
-           "blur": blur}
+           "blur": blur, "code": code_fingerprint(__name__, type(extractor).__module__, *ctx.dataset.code_modules())}
     path = Path(ctx.cache_dir) / "stats" / f"{_key_sha(key)}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:

@@ -1,0 +1,57 @@
+"""code_fingerprint: cache keys name the code behind a number; docstrings, comments and formatting do not count."""
+import importlib
+import sys
+
+import pytest
+
+from bench.cache import code_fingerprint
+
+MODULE = '''"""A module docstring."""
+SCALE = 2  # a comment
+
+
+def f(x):
+    """Doubles."""
+    return x * SCALE
+'''
+
+
+@pytest.fixture
+def pkg(tmp_path, monkeypatch):
+    root = tmp_path / "fp_pkg"
+    (root / "sub").mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    (root / "sub" / "__init__.py").write_text("")
+    (root / "model.py").write_text(MODULE)
+    (root / "sub" / "deep.py").write_text("Y = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    yield root
+    for name in [n for n in sys.modules if n.startswith("fp_pkg")]:
+        del sys.modules[name]
+
+
+def _fresh(*modules):
+    code_fingerprint.cache_clear()
+    return code_fingerprint(*modules)
+
+
+def test_only_code_changes_count(pkg):
+    base = _fresh("fp_pkg.model")
+    (pkg / "model.py").write_text(MODULE.replace("Doubles.", "Multiplies by SCALE.").replace("# a comment", "")
+                                  .replace("return x * SCALE", "return (x *\n            SCALE)"))
+    assert _fresh("fp_pkg.model") == base
+    (pkg / "model.py").write_text(MODULE.replace("SCALE = 2", "SCALE = 3"))
+    assert _fresh("fp_pkg.model") != base
+
+
+def test_a_package_counts_with_every_module_under_it(pkg):
+    whole, model = _fresh("fp_pkg"), _fresh("fp_pkg.model")
+    assert whole != model and _fresh("fp_pkg.model", "fp_pkg") == _fresh("fp_pkg", "fp_pkg.model", "fp_pkg")
+    (pkg / "sub" / "deep.py").write_text("Y = 2\n")
+    assert _fresh("fp_pkg") != whole and _fresh("fp_pkg.model") == model
+
+
+def test_a_module_without_source_counts_by_name(monkeypatch):
+    monkeypatch.setitem(sys.modules, "typed_in", type(sys)("typed_in"))  # no __file__, as in an interpreter
+    assert _fresh("typed_in") == _fresh("typed_in") != _fresh("typed_in_too")
