@@ -59,7 +59,7 @@ def load_clip_from_path(path: str, device: str = "cpu") -> ClipModel:
 
 def train_key(args: ClipTrainArgs, dataset_identity: dict) -> dict:
     """Everything that shapes a trained CLIP: the training args and the data."""
-    return {"args": asdict(args), "dataset": dataset_identity, "trainer": "reference.clip.train_clip/1"}
+    return {"args": asdict(args), "dataset": dataset_identity}  # the code joins the key in Builder.cached
 
 
 @COMPONENTS.register("clip", "CLIP encoder: open_clip weights from a path, or a tiny CLIP trained on the pairs",

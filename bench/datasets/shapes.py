@@ -91,7 +91,7 @@ class ShapesDataset(Dataset):
     def identity(self) -> dict:
         return {"dataset": self.name, "resolution": self.resolution, "seed": self.seed,
                 "train_size": self.train_size, "pairs_size": self.pairs_size,
-                "held_out": list(self.held_out), "renderer": 1}
+                "held_out": list(self.held_out)}  # the renderer's code joins the keys (Dataset.code_modules)
 
     def attributes(self) -> dict[str, list[str]]:
         return {"colour": list(COLOURS), "shape": list(SHAPES), "position": list(POSITIONS)}
