@@ -74,6 +74,17 @@ def ready_builder(suite: Suite, dataset, device: str, cache: str, progress: bool
     return builder
 
 
+def child_failure(log: Path, code: int, what: str) -> Exception:
+    """The error of a `bench` child process that exited with `code`: its own one-line UserError (exit 2), else a
+    RuntimeError with the tail of its log."""
+    text = log.read_text(errors="replace") if log.exists() else ""
+    errors = [line[len("error: "):] for line in text.splitlines() if line.startswith("error: ")]
+    if code == 2 and errors:
+        return UserError(errors[-1])
+    tail = "\n".join(text.replace("\r", "\n").splitlines()[-15:])
+    return RuntimeError(f"{what} failed (exit {code}); its log: {log}\n{tail}")
+
+
 class _Worker:
     def __init__(self, item: Item, cmd: list[str], env: dict, log: Path):
         self.item, self.log = item, log
@@ -96,13 +107,7 @@ class _Worker:
         return f" {max(bars + steps)[1]}%" if bars or steps else ""
 
     def failure(self, code: int) -> Exception:
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        errors = [line[len("error: "):] for line in text.splitlines() if line.startswith("error: ")]
-        if code == 2 and errors:  # the worker's own one-line user error
-            return UserError(errors[-1])
-        tail = "\n".join(text.replace("\r", "\n").splitlines()[-15:])
-        return RuntimeError(f"training {self.item[0]} {self.item[1]!r} failed (exit {code}); "
-                            f"its log: {self.log}\n{tail}")
+        return child_failure(self.log, code, f"training {self.item[0]} {self.item[1]!r}")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

@@ -77,7 +77,7 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
         from bench.report import sample_grid
         from bench.results import load_per_caption, markdown
         from bench.runner import Runner
-        from bench.sharding import parse_shard, run_sharded, run_torchrun
+        from bench.sharding import parse_shard, run_sharded, run_torchrun, torchrun_world
 
         if build_workers is None:
             from bench.build_pool import default_build_workers
@@ -86,10 +86,14 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
         common = dict(out_dir=out_dir, device=device, limit=limit, progress=not quiet, build_workers=build_workers)
         if shard is not None:
             rank, world = parse_shard(shard)
+            for flag, given in (("--fresh", fresh), ("--nproc", nproc is not None)):
+                if given:
+                    raise UserError(f"{flag} does not combine with --shard: a shard generates its part into a folder "
+                                    f"other shards share; {'empty the folder first' if flag == '--fresh' else 'start one --shard per process'}")
             Runner(suite, rank=rank, world=world, **common).run_shard()
             click.echo(f"shard {rank}/{world} generated")
             return
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        if torchrun_world() > 1:
             runner, results = run_torchrun(suite, fresh=fresh, **common)
             if results is None:
                 return  # not rank 0: rank 0 measures and prints
@@ -150,43 +154,42 @@ def ls_() -> None:
         click.echo(f"{title}:")
         for e in reg.entries():
             click.echo(f"  {e.name:<22} {e.description}")
-    click.echo("presets:")
-    for name, desc in _presets():
-        click.echo(f"  {name:<22} {desc}")
-
-
-def _presets() -> list[tuple[str, str]]:
     from reference.clip import PRESETS as CLIP_PRESETS
     from reference.configs import PRESETS
 
-    out = []
+    click.echo("presets (vqgan components and clipgen systems: `train: {preset: NAME}`):")
     for name, p in PRESETS.items():
         v, g = p.vqgan, p.gpt
-        out.append((name, f"VQGAN {v.resolution}px -> {v.grid}x{v.grid} tokens, {v.codebook_size} codes; "
-                          f"GPT {g.n_layer}x{g.n_embd}, {g.n_head} heads; CLIP {p.clip.name} ({p.clip.embed_dim}-d)"))
+        click.echo(f"  {name:<22} VQGAN {v.resolution}px -> {v.grid}x{v.grid} tokens, {v.codebook_size} codes; "
+                   f"GPT {g.n_layer}x{g.n_embd}, {g.n_head} heads; CLIP {p.clip.name} ({p.clip.embed_dim}-d)")
+    click.echo("CLIP presets (clip components: `train: {preset: NAME}`):")
     for name, p in CLIP_PRESETS.items():
         cfg = p.model_cfg
-        out.append((f"clip:{name}", f"tiny open_clip CLIP, {cfg['embed_dim']}-d, {cfg['vision_cfg']['image_size']}px, "
-                                    f"text context {cfg['text_cfg']['context_length']}"))
-    return out
+        click.echo(f"  {name:<22} tiny open_clip CLIP, {cfg['embed_dim']}-d, {cfg['vision_cfg']['image_size']}px, "
+                   f"text context {cfg['text_cfg']['context_length']}")
 
 
 @cli.command()
 @click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--latex", "want_latex", is_flag=True, help="also print LaTeX")
-@click.option("--paper", is_flag=True, help="the papers' comparison layout (paper.md / paper.tex) with paired claims")
+@click.option("--paper", is_flag=True, help="the papers' comparison layout with paired claims, written to paper.md / "
+                                           "paper.tex instead of results.md / results.tex")
 def report(run_dir, want_latex, paper) -> None:
-    """Re-print a run's tables; write results.md and results.tex (and paper.md / paper.tex) beside them."""
+    """Re-print a run's tables; write results.md and results.tex beside them (with --paper: paper.md, paper.tex)."""
     from pathlib import Path
 
+    from bench.api import UserError
     from bench.cache import atomic_write_text
     from bench.results import latex, load_per_caption, markdown, read_frame
 
     run_dir = Path(run_dir)
     if not (run_dir / "results.csv").exists() and not (run_dir / "results.parquet").exists():
         _fail(f"{run_dir} has no results.csv: run `bench run SUITE --out {run_dir}` first")
-    df = read_frame(run_dir)
-    per_caption = load_per_caption(run_dir)
+    try:
+        df = read_frame(run_dir)
+        per_caption = load_per_caption(run_dir)
+    except UserError as err:
+        _fail(str(err))
     if paper:
         from bench.paper import paper_table
 
@@ -214,7 +217,7 @@ def report(run_dir, want_latex, paper) -> None:
 @click.option("--tolerances", type=click.Path(dir_okay=False), default=None,
               help="tolerance file (default: <baseline>.tolerances.yaml beside the baseline)")
 def compare(run_dir, baseline_csv, tolerances) -> None:
-    """Exit 0 if every gated number of RUN_DIR is within tolerance of BASELINE_CSV, 1 otherwise."""
+    """Exit 0 if every gated number of RUN_DIR is within tolerance of BASELINE_CSV, 1 if one is not, 2 on bad input."""
     from bench.api import UserError
     from bench.gates import compare_run
 

@@ -38,6 +38,11 @@ from bench.results import Results, measured_row
 from bench.suite import Suite, args_dict, path_args
 
 
+def is_run_folder(path: Path) -> bool:
+    """Whether `path` holds a bench run (what --fresh may delete)."""
+    return any((path / name).exists() for name in ("suite.resolved.json", "samples", "results.csv"))
+
+
 def caption_seed(seed: int, caption_id: int) -> int:
     """The random stream of one caption under one suite seed."""
     digest = hashlib.sha256(f"clipgen-bench:{seed}:{caption_id}".encode()).digest()
@@ -166,20 +171,33 @@ class Runner:
         # not depend on the shard count); a shard's share of the cores only while generating
         torch.set_num_threads(self.suite.generation.threads or default_threads())
         torch.set_flush_denormal(True)
-        if self.fresh and self.out.exists() and self.world == 1:
-            shutil.rmtree(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "suite.resolved.json").write_text(json.dumps(self.suite.resolved, indent=1, default=str))
         dataset = build_dataset(self.suite.dataset)
-        builder = ready_builder(self.suite, dataset, self.device, self.cache, self.progress, self.build_workers,
-                                self.out / "build-logs")
         items = dataset.eval_captions()
         if self.limit is not None:
             items = items[: self.limit]
         if not items:
             raise UserError("no captions to generate for (check dataset.num_captions and --limit)")
-        systems = {spec.alias: builder.system(spec.alias) for spec in self.suite.systems}
-        self.prepare_sample_folders(builder, dataset)
+        if self.fresh and self.out.exists() and self.world == 1:
+            if not is_run_folder(self.out):
+                raise UserError(f"--fresh would delete {self.out}, which is not a bench run folder (no "
+                                f"suite.resolved.json, samples/ or results.csv): choose another --out or empty it yourself")
+            shutil.rmtree(self.out)
+        created = not self.out.exists()
+        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            builder = ready_builder(self.suite, dataset, self.device, self.cache, self.progress, self.build_workers,
+                                    self.out / "build-logs")
+            systems = {spec.alias: builder.system(spec.alias) for spec in self.suite.systems}
+            for system in systems.values():  # systems that can tell up front that they lack a caption's image
+                if hasattr(system, "check_captions"):
+                    system.check_captions([it.caption_id for it in items])
+            self.prepare_sample_folders(builder, dataset)
+        except UserError:
+            if created:  # a run that stops on bad input leaves no folder behind
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise
+        atomic_write_bytes(self.out / "suite.resolved.json",
+                           json.dumps(self.suite.resolved, indent=1, default=str).encode())
         return builder, dataset, items, systems
 
     def generate_all(self, systems: dict, items: list[CaptionItem]) -> None:
@@ -236,7 +254,7 @@ class Runner:
         stale = [folder for _, _, folder, _, old, pngs in plans if old is not None or pngs]
         if stale and not self.coordinator:
             raise UserError(f"{stale[0]} holds samples of another build than this one ({len(stale)} folder(s) in "
-                            f"all); run the command once without --shard (it generates them again) or use --fresh")
+                            f"all); run the command once without --shard: it generates them again")
         for alias, seed, folder, made, old, pngs in plans:
             if self.coordinator:
                 if pngs:

@@ -18,6 +18,7 @@ import time
 from tqdm.auto import tqdm
 
 from bench.api import UserError
+from bench.build_pool import child_failure
 from bench.runner import Runner
 
 
@@ -43,11 +44,17 @@ def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_
         base += ["--set", assignment]
     if limit is not None:
         base += ["--limit", str(limit)]
-    procs = [subprocess.Popen(base + ["--shard", f"{r}/{nproc}"], stdout=subprocess.DEVNULL) for r in range(nproc)]
+    logs = [runner.out / "shard-logs" / f"shard{r}of{nproc}.log" for r in range(nproc)]
+    logs[0].parent.mkdir(parents=True, exist_ok=True)
+    procs = []
+    for r, log in enumerate(logs):
+        with open(log, "wb") as fh:
+            procs.append(subprocess.Popen(base + ["--shard", f"{r}/{nproc}"], stdout=fh, stderr=subprocess.STDOUT,
+                                          stdin=subprocess.DEVNULL))
     codes = _wait_showing_progress(procs, runner, items, progress)
-    failed = [f"{r}/{nproc} (exit {c})" for r, c in enumerate(codes) if c != 0]
-    if failed:
-        raise UserError(f"generation shards failed: {', '.join(failed)}; rerun the same command to resume")
+    failed = [r for r, c in enumerate(codes) if c != 0]
+    if failed:  # one shard's error says it all (they run the same code on the same suite)
+        raise child_failure(logs[failed[0]], codes[failed[0]], f"generation shard {failed[0]}/{nproc}")
     runner.generate_all(systems, items)  # nothing is missing unless a shard was cut short
     return runner, runner.measure(builder, dataset, items, systems)
 
@@ -78,11 +85,25 @@ def _wait_showing_progress(procs: list[subprocess.Popen], runner: Runner, items,
     return [p.wait() for p in procs]
 
 
+def torchrun_world() -> int:
+    """WORLD_SIZE as torchrun sets it (1 when unset); a UserError when it is not a number or RANK is missing."""
+    text = os.environ.get("WORLD_SIZE", "1")
+    try:
+        world = int(text)
+        rank = int(os.environ.get("RANK", "0" if world == 1 else ""))
+    except ValueError:
+        raise UserError(f"WORLD_SIZE={text!r} and RANK={os.environ.get('RANK')!r} are not a torchrun environment: "
+                        "start with torchrun, or unset WORLD_SIZE") from None
+    if world < 1 or not 0 <= rank < world:
+        raise UserError(f"WORLD_SIZE={world}, RANK={rank}: need 0 <= RANK < WORLD_SIZE (start with torchrun, or unset them)")
+    return world
+
+
 def run_torchrun(suite, fresh: bool, out_dir, device, limit, progress, build_workers: int = 1):
     """Under torchrun: rank 0 builds first, every rank generates its shard, rank 0 measures."""
     import torch.distributed as dist
 
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    rank, world = int(os.environ["RANK"]), torchrun_world()
     dist.init_process_group("nccl" if device == "cuda" else "gloo")
     try:
         if device == "cuda":

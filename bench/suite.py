@@ -248,7 +248,10 @@ def apply_override(data: dict, assignment: str, loc: _Located) -> None:
         walked.append(part)
         if last:
             node[part] = value
-            loc.where[tuple(walked)] = (f"--set {assignment}", 1)
+            replaced = tuple(walked)  # the file's lines at and under it no longer say where the value came from
+            for stale in [k for k in loc.where if k[:len(replaced)] == replaced]:
+                del loc.where[stale]
+            loc.where[replaced] = (f"--set {assignment}", 1)
         else:
             node = node[part]
 
@@ -428,6 +431,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     dataset = _dataset_spec(c, data["dataset"], ("dataset",), inherit={})
 
     generation = c.dataclass_from(GenerationSpec, data.get("generation", {}), ("generation",), "generation")
+    _check_seeds(c, generation.seeds, ("generation", "seeds"))
 
     components: dict[str, ComponentSpec] = {}
     raw_components = data.get("components") or {}
@@ -466,9 +470,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         seeds = None
         if "seeds" in entry:
             seeds = c.coerce(entry["seeds"], tuple[int, ...], {"min": 0}, p + ("seeds",))
-            if not seeds or len(set(seeds)) != len(seeds) or not set(seeds) <= set(generation.seeds):
-                c.fail(p + ("seeds",), f"expected distinct seeds out of generation.seeds {list(generation.seeds)}, "
-                                       f"got {list(seeds)}")
+            _check_seeds(c, seeds, p + ("seeds",), within=generation.seeds)
         systems.append(SystemSpec(name, alias, args, seeds))
     if not systems:
         c.fail(("systems",), "the suite declares no systems")
@@ -499,6 +501,13 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                  dataset=dataset, generation=generation, components=components,
                  systems=tuple(systems), metrics=tuple(metrics), reported=reported, resolved=data,
                  overrides=tuple(overrides))
+
+
+def _check_seeds(c: _Checker, seeds: tuple[int, ...], path: tuple, within: tuple[int, ...] | None = None) -> None:
+    """At least one seed, none twice (each is a full generation pass), and all out of `within` when given."""
+    if not seeds or len(set(seeds)) != len(seeds) or (within is not None and not set(seeds) <= set(within)):
+        out_of = f" out of generation.seeds {list(within)}" if within is not None else ", e.g. [0, 1, 2]"
+        c.fail(path, f"expected one or more distinct seeds{out_of}, got {list(seeds)}")
 
 
 def _dataset_spec(c: _Checker, raw: Any, path: tuple, inherit: dict) -> DatasetSpec:
@@ -601,6 +610,7 @@ def _reported(c: _Checker, raw: Any) -> tuple[ReportedRow, ...]:
     return tuple(rows)
 
 
-# the row names a reported value may carry (what the metrics emit)
-METRIC_NAMES_REPORTABLE = ("fid", "fd-effnet-lite0", "fd-clip", "kid", "clip-score", "caps", "caploss",
-                           "attribute-accuracy", "class-accuracy", "throughput")
+# the row names a reported value may carry (what the metrics emit; fd's and kid's are the values of
+# bench.features.FD_METRIC_NAME and bench.metrics.kid.KID_METRIC_NAME, and a test keeps them in step)
+METRIC_NAMES_REPORTABLE = ("fid", "fd-effnet-lite0", "fd-clip", "kid", "kid-effnet-lite0", "kid-clip", "clip-score",
+                           "caps", "caploss", "attribute-accuracy", "class-accuracy", "throughput")

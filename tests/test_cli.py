@@ -53,3 +53,52 @@ def test_bench_reexecs_itself_with_the_process_settings_and_keeps_the_users_own(
     proc = subprocess.run([sys.executable, "-m", "bench", "info"], capture_output=True, text=True,
                           env={**env, "GOMP_SPINCOUNT": "123"}, timeout=120)
     assert "GOMP_SPINCOUNT=123" in proc.stdout and f"MALLOC_TOP_PAD_={PROCESS_ENV['MALLOC_TOP_PAD_']}" in proc.stdout
+
+
+TINY = ("suite: t\nversion: 1\ndataset: {name: shapes, resolution: 16, num_captions: 4, train_size: 1, pairs_size: 1}\n"
+        "systems: [{name: noise}]\nmetrics: [{name: throughput}]\n")
+
+
+def _suite(tmp_path, text=TINY):
+    path = tmp_path / "s.yaml"
+    path.write_text(text)
+    return str(path)
+
+
+def test_fresh_refuses_a_folder_that_holds_no_run(tmp_path):
+    keep = tmp_path / "thesis"
+    keep.mkdir()
+    (keep / "thesis.tex").write_text("years of work")
+    result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(keep), "--fresh", "--quiet"])
+    assert result.exit_code == 2 and "not a bench run folder" in result.output
+    assert (keep / "thesis.tex").read_text() == "years of work"
+    run = tmp_path / "run"
+    assert CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(run), "--quiet"]).exit_code == 0
+    (run / "stray.txt").write_text("x")
+    assert CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(run), "--fresh", "--quiet"]).exit_code == 0
+    assert not (run / "stray.txt").exists()  # a run folder starts over
+
+
+def test_bad_input_found_while_building_leaves_no_new_folder_and_an_old_one_as_it_was(tmp_path):
+    bad = TINY.replace("dataset: {name: shapes, resolution: 16", "dataset: {name: imagefolder, root: " + str(tmp_path) +
+                       ", resolution: 16").replace(", num_captions: 4, train_size: 1, pairs_size: 1", "")
+    out = tmp_path / "new"
+    result = CliRunner().invoke(cli, ["run", _suite(tmp_path, bad), "--out", str(out), "--quiet"])
+    assert result.exit_code == 2 and "imagefolder" in result.output and not out.exists()
+    old = tmp_path / "old"
+    assert CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(old), "--quiet"]).exit_code == 0
+    before = (old / "suite.resolved.json").read_bytes()
+    result = CliRunner().invoke(cli, ["run", _suite(tmp_path, bad), "--out", str(old), "--quiet"])
+    assert result.exit_code == 2 and (old / "suite.resolved.json").read_bytes() == before
+
+
+def test_flags_that_do_not_combine_with_shard_and_a_stray_world_size_are_one_line_errors(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    for flag in (["--fresh"], ["--nproc", "2"]):
+        result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(out), "--shard", "0/2", *flag])
+        assert result.exit_code == 2 and f"{flag[0]} does not combine with --shard" in result.output
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.delenv("RANK", raising=False)
+    result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(out)])
+    assert result.exit_code == 2 and "torchrun" in result.output and result.output.count("\n") == 1
+    assert not out.exists()

@@ -7,6 +7,8 @@ import torch
 from PIL import Image
 
 from bench.api import UserError
+from bench.runner import Runner, check_resources
+from bench.suite import load_suite
 from bench.systems.samples_folder import SamplesFolder, SamplesFolderArgs, missing_resources
 
 
@@ -50,13 +52,28 @@ def test_missing_image_names_the_caption_id(folder):
         system.generate(["a", "b"], [3, 42], [0, 0])
 
 
-def test_missing_folder_and_mapping_are_listed(tmp_path):
+def test_missing_folder_and_mapping_are_listed_once_each(tmp_path):
     args = SamplesFolderArgs(path=str(tmp_path / "nope"), mapping="m.csv")
-    problems = missing_resources(args)
-    assert len(problems) == 2 and "nope" in problems[0] and "m.csv" in problems[1]
     with pytest.raises(UserError, match="nope"):
         SamplesFolder(args, 16)
     assert missing_resources(SamplesFolderArgs(path=str(tmp_path))) == []
+    (tmp_path / "s.yaml").write_text("suite: s\nversion: 1\ndataset: {name: shapes, resolution: 16, num_captions: 4}\n"
+                                     "systems: [{name: samples-folder, alias: pub, args: {path: nope, mapping: m.csv}}]\n"
+                                     "metrics: [{name: throughput}]\n")
+    problems = check_resources(load_suite(tmp_path / "s.yaml"))
+    assert len(problems) == 2 and sum("'pub'" in p and "nope does not exist" in p for p in problems) == 1
+    assert sum("m.csv" in p for p in problems) == 1
+
+
+def test_a_run_lacking_a_caption_image_stops_before_generating_and_leaves_no_folder(folder, tmp_path):
+    (tmp_path / "s.yaml").write_text(f"suite: s\nversion: 1\ndataset: {{name: shapes, resolution: 16, num_captions: 12, "
+                                     f"train_size: 1, pairs_size: 1}}\n"
+                                     f"systems: [{{name: noise}}, {{name: samples-folder, args: {{path: {folder}}}}}]\n"
+                                     f"metrics: [{{name: throughput}}]\n")
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"no image for caption id \d+ .*\(\d+ of the 12 captions have none\)"):
+        Runner(load_suite(tmp_path / "s.yaml"), out_dir=out, progress=False, cache=tmp_path / "cache").run()
+    assert not out.exists()
 
 
 def test_bad_mapping_and_duplicate_ids_are_user_errors(folder):
@@ -74,3 +91,23 @@ def test_registered():
     import bench.systems.samples_folder  # noqa: F401  (registers even before the lead wires it in)
 
     assert SYSTEMS._entries["samples-folder"].args is SamplesFolderArgs
+
+
+def test_path_is_relative_to_the_suite_file_not_the_current_folder(tmp_path, monkeypatch):
+    from bench.suite import load_suite
+
+    suites, elsewhere = tmp_path / "suites", tmp_path / "elsewhere"
+    (suites / "samples").mkdir(parents=True)
+    elsewhere.mkdir()
+    _write(suites / "samples" / "0.png", (255, 0, 0))
+    (suites / "s.yaml").write_text("suite: s\nversion: 1\ndataset: {name: shapes, resolution: 16}\n"
+                                   "systems:\n  - {name: samples-folder, alias: pub, args: {path: samples}}\n"
+                                   "  - {name: samples-folder, alias: up, args: {path: ../elsewhere}}\n")
+    monkeypatch.chdir(elsewhere)  # where a cwd-relative `samples` does not exist
+    suite = load_suite(suites / "s.yaml")
+    args = suite.system("pub").args
+    assert args.path == str(suites / "samples") and missing_resources(args) == []
+    assert SamplesFolder(args, 16).generate(["a"], [0], [0])[0, 0].float().mean() > 250
+    assert suite.system("up").args.path == str(elsewhere)
+    # a --set value is the command line's: relative to the current folder, as written
+    assert load_suite(suites / "s.yaml", ["systems.pub.args.path=mine"]).system("pub").args.path == "mine"

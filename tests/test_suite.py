@@ -129,3 +129,56 @@ def test_train_source_inherits_resolution_and_resolves_its_root_from_the_suite_f
     assert suite.dataset.name == "shapes" and source.name == "imagefolder"
     assert source.args.resolution == 16 and source.args.root == str((tmp_path / "imgs").resolve())
     assert load_suite(SUITES / "quickstart.yaml").dataset.train_source is None
+
+
+@pytest.mark.parametrize("seeds", ["[]", "[0, 0]", "[2, 1, 2]"])
+def test_generation_seeds_must_be_one_or_more_distinct(tmp_path, seeds):
+    p = _write(tmp_path, "s.yaml", f"suite: s\nversion: 1\ndataset: {{name: shapes}}\n"
+                                   f"generation:\n  seeds: {seeds}\nsystems: [{{name: noise}}]\n")
+    with pytest.raises(SuiteError, match=rf"^{re.escape(str(p))}:5: generation.seeds: expected one or more distinct "
+                                         rf"seeds, e.g. \[0, 1, 2\], got {re.escape(seeds)}$"):
+        load_suite(p)
+    assert load_suite(p, ["generation.seeds=[2, 0]"]).generation.seeds == (2, 0)
+    with pytest.raises(SuiteError, match=r"^--set generation.seeds=\[\]:1: generation.seeds: expected one or more"):
+        load_suite(SUITES / "quickstart.yaml", ["generation.seeds=[]"])
+
+
+def test_system_seeds_empty_or_repeated_are_rejected(tmp_path):
+    p = _write(tmp_path, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\ngeneration: {seeds: [0, 1]}\n"
+                                   "systems: [{name: noise, seeds: [1, 1]}]\n")
+    with pytest.raises(SuiteError, match=r":5: systems.0.seeds: expected one or more distinct seeds out of "
+                                         r"generation.seeds \[0, 1\], got \[1, 1\]$"):
+        load_suite(p)
+    with pytest.raises(SuiteError, match=r"systems.0.seeds: .*got \[\]$"):
+        load_suite(p, ["systems.0.seeds=[]"])
+
+
+@pytest.mark.parametrize("assignment, key, bad", [("generation.seeds=[-1]", "generation.seeds.0", -1),
+                                                  ("metrics.0.args.blur=[-1]", "metrics.0.args.blur.0", -1),
+                                                  ("metrics.fd.args.blur=[0, -2]", "metrics.0.args.blur.1", -2)])
+def test_an_error_in_a_set_value_names_the_override_not_the_replaced_file_line(assignment, key, bad):
+    # quickstart.yaml writes both lists, so its lines 8 and 22 know the replaced elements
+    result = CliRunner().invoke(cli, ["validate", str(SUITES / "quickstart.yaml"), "--set", assignment])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"--set {assignment}:1: {key}: must be >= 0, got {bad}"
+
+
+def test_set_keeps_the_file_lines_of_what_it_did_not_replace(tmp_path):
+    p = _write(tmp_path, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\n"
+                                   "generation:\n  seeds: [0, -1]\nsystems: [{name: noise}]\n")
+    with pytest.raises(SuiteError, match=rf"^{re.escape(str(p))}:5: generation.seeds.1: must be >= 0"):
+        load_suite(p, ["generation.batch_size=4"])
+
+
+def test_reported_accepts_every_fd_and_kid_row_name_the_metrics_emit(tmp_path):
+    from bench.features import FD_METRIC_NAME
+    from bench.metrics.kid import KID_METRIC_NAME
+    from bench.suite import METRIC_NAMES_REPORTABLE
+
+    emitted = sorted({*FD_METRIC_NAME.values(), *KID_METRIC_NAME.values()})
+    assert set(emitted) <= set(METRIC_NAMES_REPORTABLE)
+    values = ", ".join(f"{name}/blur=0: {i}" for i, name in enumerate(emitted))
+    p = _write(tmp_path, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\nsystems: [{name: noise}]\n"
+                                   f"reported: [{{system: published, citation: x 2021, values: {{{values}}}}}]\n")
+    row = load_suite(p).reported[0]
+    assert sorted(v.metric for v in row.values) == emitted and {v.variant for v in row.values} == {"blur=0"}

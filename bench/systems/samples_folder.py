@@ -28,19 +28,20 @@ EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")
 
 @dataclass(frozen=True)
 class SamplesFolderArgs:
-    path: str = field(default="", metadata={"help": "folder of <caption_id>.png|jpg images"})
+    path: str = field(default="", metadata={"path": "dir", "help": "folder of <caption_id>.png|jpg images "
+                                                                   "(relative to the suite file)"})
     mapping: str | None = field(default=None, metadata={"help": "JSON or CSV caption_id -> file (relative to path)"})
     uses_captions: bool = field(default=True, metadata={"help": "whether the model that made them was trained on "
                                                                 "captions (true unless known otherwise)"})
 
 
 def missing_resources(args: SamplesFolderArgs) -> list[str]:
-    """Paths that must exist before a run, each with what fixes it."""
+    """Paths that must exist before a run, each with what fixes it (the runner checks that `path` exists, as it
+    does every path argument, naming the system)."""
     missing = []
-    folder = Path(args.path).expanduser()
-    if not args.path or not folder.is_dir():
-        missing.append(f"samples-folder: folder {args.path or '(path not set)'} not found; set systems[].args.path "
-                       f"to a folder of <caption_id>.png images")
+    if not args.path:
+        missing.append("samples-folder: folder (path not set); set systems[].args.path to a folder of "
+                       "<caption_id>.png images")
     if args.mapping is not None and not _mapping_path(args).is_file():
         missing.append(f"samples-folder: mapping file {_mapping_path(args)} not found (JSON or CSV caption_id,file)")
     return missing
@@ -108,6 +109,8 @@ class SamplesFolder:
 
     def __init__(self, args: SamplesFolderArgs, resolution: int):
         problems = missing_resources(args)
+        if args.path and not Path(args.path).expanduser().is_dir():
+            problems.insert(0, f"samples-folder: {args.path} is not a folder of <caption_id>.png images")
         if problems:
             raise UserError(problems[0])
         self.args, self.resolution = args, resolution
@@ -119,16 +122,28 @@ class SamplesFolder:
         return {"training": {"samples_from": str(self.folder.resolve()), "mapping": self.args.mapping,
                              "files": len(self.files)}}
 
+    def check_captions(self, caption_ids: list[int]) -> None:
+        """A UserError naming the first caption id without a readable file, and how many lack one (the runner asks
+        before generating anything)."""
+        lacking = [cid for cid in caption_ids if self.files.get(int(cid)) is None or not self.files[int(cid)].is_file()]
+        if lacking:
+            more = f" ({len(lacking)} of the {len(caption_ids)} captions have none)" if len(lacking) > 1 else ""
+            self._file_of(lacking[0], more)
+
+    def _file_of(self, cid: int, more: str = "") -> Path:
+        path = self.files.get(int(cid))
+        if path is None:
+            raise UserError(f"samples-folder: no image for caption id {cid} in {self.folder} (expected "
+                            f"{cid}.png or {int(cid):06d}.png{', or an entry in ' + self.args.mapping if self.args.mapping else ''})"
+                            f"{more}")
+        if not path.is_file():
+            raise UserError(f"samples-folder: caption id {cid} maps to {path}, which does not exist{more}")
+        return path
+
     def generate(self, captions: list[str], caption_ids: list[int], seeds: list[int]) -> Tensor:
         out = []
         for cid in caption_ids:
-            path = self.files.get(int(cid))
-            if path is None:
-                raise UserError(f"samples-folder: no image for caption id {cid} in {self.folder} (expected "
-                                f"{cid}.png or {int(cid):06d}.png{', or an entry in ' + self.args.mapping if self.args.mapping else ''})")
-            if not path.is_file():
-                raise UserError(f"samples-folder: caption id {cid} maps to {path}, which does not exist")
-            out.append(load_resized(path, self.resolution))
+            out.append(load_resized(self._file_of(cid), self.resolution))
         if not out:
             return torch.zeros(0, 3, self.resolution, self.resolution, dtype=torch.uint8)
         return torch.stack(out)
