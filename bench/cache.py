@@ -17,7 +17,8 @@ import bench
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("BENCH_CACHE", Path.home() / ".cache" / "clipgen-bench")).expanduser()
+    """$BENCH_CACHE, or ~/.cache/clipgen-bench when it is unset or empty (an empty value is not the current folder)."""
+    return Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "clipgen-bench").expanduser()
 
 
 def key_hash(key: dict) -> str:
@@ -105,6 +106,7 @@ def cached_artefact(root: str | Path, kind: str, key: dict, train: Callable[[], 
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
+        tmp.chmod(0o777 & ~_umask())  # mkdtemp's is 0700; give the folder the mode os.mkdir would
         save(obj, str(tmp))
         (tmp / "key.json").write_text(json.dumps(full_key, indent=1, sort_keys=True, default=str))
         try:
@@ -117,12 +119,22 @@ def cached_artefact(root: str | Path, kind: str, key: dict, train: Callable[[], 
     return obj
 
 
+def _umask() -> int:
+    """The process umask (reading it means setting it: set 0 and put it straight back)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+    """Write `path` through a temp file beside it and a rename; the file gets the mode open() would give it
+    (0666 minus the umask), not mkstemp's 0600, so others sharing a run folder can read it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as fh:
+            os.fchmod(fh.fileno(), 0o666 & ~_umask())
             fh.write(data)
         os.replace(tmp, path)
     except BaseException:

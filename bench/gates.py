@@ -14,6 +14,7 @@ moving the bad way by more than `max_move` (absolute) or `max_move_pct`
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +22,7 @@ import pandas as pd
 import yaml
 
 from bench.api import UserError
+from bench.results import read_results_csv
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,7 @@ def load_gates(path: Path) -> list[Gate]:
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
-        raise UserError(f"{path}: not valid YAML: {err}") from None
+        raise UserError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("gates"), list) or not data["gates"]:
         raise UserError(f"{path}: expected a mapping with a non-empty list under gates:")
     gates = []
@@ -51,9 +53,31 @@ def load_gates(path: Path) -> list[Gate]:
         unknown = set(g) - {"metric", "variant", "better", "max_move", "max_move_pct", "system"}
         if unknown:
             raise UserError(f"{path}: gates[{i}]: unknown keys {sorted(unknown)}")
-        gates.append(Gate(str(g["metric"]), str(g.get("variant", "") or ""), g["better"], g.get("max_move"),
-                          g.get("max_move_pct"), g.get("system")))
+        moves = {}
+        for key in ("max_move", "max_move_pct"):
+            v = g.get(key)
+            if v is None:
+                moves[key] = None
+            elif isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise UserError(f"{path}: gates[{i}]: {key} must be a number >= 0, got {v!r}")
+            else:
+                moves[key] = float(v)
+        gates.append(Gate(str(g["metric"]), str(g.get("variant", "") or ""), g["better"], moves["max_move"],
+                          moves["max_move_pct"], g.get("system")))
     return gates
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where (PyYAML's own text spans several lines)."""
+    def where(mark) -> str:
+        return f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+
+    problem = getattr(err, "problem", None)
+    if problem is None:
+        return (str(err).strip().splitlines() or [type(err).__name__])[0]
+    context = getattr(err, "context", None)
+    lead = f"{context}{where(getattr(err, 'context_mark', None))}: " if context else ""
+    return lead + problem + where(getattr(err, "problem_mark", None))
 
 
 def _means(df: pd.DataFrame) -> dict[tuple[str, str, str], float]:
@@ -63,16 +87,8 @@ def _means(df: pd.DataFrame) -> dict[tuple[str, str, str], float]:
 
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
-    if not path.exists():
-        raise UserError(f"{path}: {what} not found")
-    try:
-        df = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        raise UserError(f"{path}: not a results CSV ({err.__class__.__name__})") from None
-    missing = {"system", "metric", "variant", "value", "source"} - set(df.columns)
-    if missing:
-        raise UserError(f"{path}: not a results CSV: missing columns {sorted(missing)}")
-    return df
+    """The columns a gate needs, value numeric (bench.results.read_results_csv: UserError otherwise)."""
+    return read_results_csv(path, what, ("system", "metric", "variant", "value", "source"))
 
 
 def compare_run(run_dir: str | Path, baseline_csv: str | Path, tolerances: str | Path | None = None) -> tuple[bool, str]:
@@ -101,7 +117,7 @@ def compare_run(run_dir: str | Path, baseline_csv: str | Path, tolerances: str |
                 continue
             r = run_m[key]
             worse_by = (b - r) if gate.better == "higher" else (r - b)
-            status = "FAIL" if worse_by > allowed else "ok  "
+            status = "FAIL" if not worse_by <= allowed else "ok  "  # a NaN (in the run or the baseline) fails
             failed += status == "FAIL"
             lines.append(f"{status}  {label}: {r:.4g} vs baseline {b:.4g} (moved {r - b:+.4g}; "
                          f"{gate.better} is better; allowed {allowed:.4g} the bad way)")

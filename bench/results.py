@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 import bench
+from bench.api import UserError
 from bench.cache import atomic_write_bytes, atomic_write_text
 from bench.suite import args_dict
 
@@ -124,11 +125,67 @@ def write_frame(df: pd.DataFrame, out: Path) -> None:
     atomic_write_bytes(out / "results.parquet", buf.getvalue())
 
 
+# the columns `bench report` reads (results.md / .tex, paper.md / .tex); a results file may carry more
+REPORT_COLUMNS = ("system", "system_name", "uses_captions", "metric", "variant", "value", "n", "seed", "source",
+                  "citation", "extra")
+
+
+def _check_frame(df: pd.DataFrame, path: Path, columns) -> pd.DataFrame:
+    """`df` with `columns` present and value (blank: no number) / n / seed numeric; UserError naming the first
+    problem otherwise."""
+    missing = set(columns) - set(df.columns)
+    if missing:
+        raise UserError(f"{path}: not a results table: missing columns {sorted(missing)}")
+    for col in ("value", "n", "seed"):
+        if col not in columns:
+            continue
+        numbers = pd.to_numeric(df[col], errors="coerce")
+        bad = numbers.isna()
+        if col == "value":  # blank: a number that could not be measured (NaN)
+            bad &= df[col].notna()
+        if bad.any():
+            i = int(bad.to_numpy().argmax())
+            v = df[col].iloc[i]
+            raise UserError(f"{path}: not a results table: {col} in data row {i + 1} is "
+                            f"{'blank' if pd.isna(v) else repr(v) if isinstance(v, str) else v}, not a number")
+        df[col] = numbers
+    return df
+
+
+def read_results_csv(path: str | Path, what: str = "results", columns=REPORT_COLUMNS) -> pd.DataFrame:
+    """A long results CSV (this module's COLUMNS, or at least `columns`) with numeric value / n / seed.
+
+    Anything else (no file, not a CSV, empty, a column missing, text where a number belongs) is a UserError naming
+    the file and the problem in one line. `bench report` (read_frame) and `bench compare` (bench/gates.py) read
+    through here."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: {what} not found")
+    try:
+        df = pd.read_csv(path)
+    except pd.errors.EmptyDataError:
+        raise UserError(f"{path}: not a results CSV: the file is empty (no header line)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise UserError(f"{path}: not a results CSV ({err.__class__.__name__}: {first})") from None
+    return _check_frame(df, path, columns)
+
+
 def read_frame(run_dir: Path) -> pd.DataFrame:
+    """A run folder's results: results.csv when it is there (the file people read and edit, and the one `bench
+    compare` reads), else results.parquet. `write_frame` writes both with the same rows, so normally they agree;
+    if someone edited the CSV, the edit counts. UserError (one line naming the file) for a file that is not a
+    results table."""
     run_dir = Path(run_dir)
-    if (run_dir / "results.parquet").exists():
-        return pd.read_parquet(run_dir / "results.parquet")
-    return pd.read_csv(run_dir / "results.csv")
+    csv, parquet = run_dir / "results.csv", run_dir / "results.parquet"
+    if csv.exists() or not parquet.exists():
+        return read_results_csv(csv, "run results (results.csv)")
+    try:
+        df = pd.read_parquet(parquet)
+    except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise UserError(f"{parquet}: not a results table ({err.__class__.__name__}: {first})") from None
+    return _check_frame(df, parquet, REPORT_COLUMNS)
 
 
 def load_per_caption(run_dir: Path) -> dict[tuple[str, str], dict[int, dict[int, float]]]:

@@ -487,8 +487,10 @@ def _weights_of(obj: Any) -> dict:
     return {}
 
 
-def detect_kind(path: str | os.PathLike, obj: Any = None) -> str:
-    """The kind of a checkpoint: a folder by its files, a file by its container and key names."""
+def detect_kind(path: str | os.PathLike, obj: Any = None, choices: tuple[str, ...] = KINDS) -> str:
+    """The kind of a checkpoint: a folder by its files, a file by its container and key names.
+
+    choices: the kinds the caller accepts in place of auto, listed when the kind cannot be told."""
     p = Path(path)
     if p.is_dir():
         if (p / "config.json").is_file():
@@ -511,7 +513,7 @@ def detect_kind(path: str | os.PathLike, obj: Any = None) -> str:
         raise ValueError(f"{p}: looks like CLIP weights; load them as kind 'clip' with the open_clip model name, "
                          f"e.g. ViT-B-32@{p} (ViT-B-32-quickgelu@{p} for OpenAI's own weights)")
     top = ", ".join(str(k) for k in list(obj)[:12]) if isinstance(obj, dict) else type(obj).__name__
-    raise ValueError(f"{p}: cannot tell the checkpoint kind (top-level: {top}); give it: one of {', '.join(KINDS)}")
+    raise ValueError(f"{p}: cannot tell the checkpoint kind (top-level: {top}); give it: one of {', '.join(choices)}")
 
 
 _READERS = {"hfailab-vqgan": read_hfailab_vqgan, "hfailab-gpt": read_hfailab_gpt, "taming-vqgan": read_taming_vqgan}
@@ -607,7 +609,7 @@ def convert(kind: str, src: str | os.PathLike, dst: str | os.PathLike, **overrid
     from reference.checkpoint import save_checkpoint
 
     if kind == "auto":
-        kind = detect_kind(src)
+        kind = detect_kind(src, choices=CONVERTIBLE)
     if kind not in CONVERTIBLE:
         raise ValueError(f"cannot convert kind {kind!r}; convertible: {', '.join(CONVERTIBLE)}")
     src = os.fspath(src)

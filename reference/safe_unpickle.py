@@ -20,6 +20,8 @@ import collections
 import io
 import os
 import pickle
+import re
+import warnings
 import zipfile
 from typing import Any
 
@@ -155,31 +157,48 @@ def _one_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {text[0] if text else ''}".strip()
 
 
+def _refusal(err: BaseException) -> str:
+    """What torch's weights-only reader refused, in one line, without torch's advice around it (re-run with
+    weights_only=False, or allow-list the class: the two things this module exists not to do)."""
+    text = str(err)
+    m = re.search(r"WeightsUnpickler error:(.*)", text, re.S)
+    body = m.group(1) if m else text.replace("Weights only load failed.", "", 1)
+    for line in body.splitlines():
+        line = line.strip()
+        if line and "weights_only" not in line:
+            return re.split(r"\s*Please use `torch\.serialization", line)[0]
+    return type(err).__name__
+
+
 def safe_torch_load(path: str | os.PathLike, mmap: bool = False) -> Any:
     """Read a ``torch.save`` file on the CPU without executing anything from it (see the module docstring).
 
     mmap: map a zip-format file instead of reading it. Off by default: tensors read into memory do not depend on
     the file staying unchanged on disk, and the loaders hand them to the model without a second copy. Raises FileNotFoundError when the file is missing and CheckpointReadError (a ValueError, one line,
-    naming the file) when it cannot be read.
+    naming the file) when it cannot be read. torch's UserWarnings while reading (e.g. an unexpected pickle protocol
+    in a file that is no torch checkpoint) are not shown: the error, if any, says what is wrong.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint file not found: {path}")
     is_zip = zipfile.is_zipfile(path)
     use_mmap = bool(mmap and is_zip)
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
-    except pickle.UnpicklingError as err:
-        first = err  # refused by the weights-only allow-list (or corrupt): try the restricted reader
-    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as err:
-        raise CheckpointReadError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
-                                  f"{_one_line(err)}") from None
-    try:
-        return torch.load(path, map_location="cpu", weights_only=False, mmap=use_mmap,
-                          pickle_module=_RestrictedPickleModule)
-    except Exception as err:  # noqa: BLE001 - any failure here is a bad file; report it in one line
-        raise CheckpointReadError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
-                                  f"{_one_line(err)} (weights-only reader: {_one_line(first)})") from None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=UserWarning, module=r"torch(\.|$)")
+        try:
+            return torch.load(path, map_location="cpu", weights_only=True, mmap=use_mmap)
+        except pickle.UnpicklingError as err:
+            first = err  # refused by the weights-only allow-list (or corrupt): try the restricted reader
+        except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, zipfile.BadZipFile) as err:
+            raise CheckpointReadError(f"{path}: not a readable torch checkpoint (truncated or corrupt?): "
+                                      f"{_one_line(err)}") from None
+        try:
+            return torch.load(path, map_location="cpu", weights_only=False, mmap=use_mmap,
+                              pickle_module=_RestrictedPickleModule)
+        except Exception as err:  # noqa: BLE001 - any failure here is a bad file; report it in one line
+            raise CheckpointReadError(f"{path}: not a torch checkpoint we can read safely (truncated, corrupt, or "
+                                      f"not a torch.save file?): {_one_line(err)} (weights-only reader refused: "
+                                      f"{_refusal(first)})") from None
 
 
 def safe_loads(data: bytes) -> Any:

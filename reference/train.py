@@ -127,6 +127,14 @@ def native_bf16(device, cpuinfo: str | Path = "/proc/cpuinfo") -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def one_cycle(opt: torch.optim.Optimizer, max_lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One-cycle LR over `steps` with 10% warm-up (pct_start 0.1), as the attribute judge and the captioner train.
+    torch's warm-up phase ends at step pct_start * steps - 1 and divides by that, zero at exactly 10 steps: there
+    the warm-up ends at step 1 (pct_start 0.2). Every other step count keeps torch's pct_start 0.1 schedule."""
+    pct_start = 0.1 if 0.1 * steps != 1 else 2 / steps
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=max_lr, total_steps=steps, pct_start=pct_start)
+
+
 def _step_generator(seed: int, tag: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(mix_seed(seed, tag, step))
 

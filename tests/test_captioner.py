@@ -70,3 +70,12 @@ def test_tokenize_drops_the_padding_past_the_longest_caption_and_no_logit_change
     with torch.no_grad():
         short, full = model.next_token_logits(images, ids), model.next_token_logits(images, padded)
     torch.testing.assert_close(short, full[:, : longest - 1], rtol=1e-5, atol=1e-5)
+
+
+def test_captioner_trains_for_10_steps():
+    images = torch.randint(0, 256, (8, 3, 16, 16), generator=torch.Generator().manual_seed(3), dtype=torch.uint8)
+    captions = ["a red square", "a blue circle"] * 4
+    args = CaptionerTrainArgs(steps=10, batch_size=4, width=32, layers=1, heads=2, input_size=16, max_tokens=8)
+    model = train_captioner(images, captions, args)
+    loss = model.caption_loss(images[:2], captions[:2])
+    assert loss.shape == (2,) and bool(torch.isfinite(loss).all())

@@ -110,3 +110,41 @@ def test_cli_convert_success_and_errors(tmp_path):
     fails(["hfailab-gpt", str(bad), str(tmp_path / "x")], str(bad), "blocks.0.encoder.norm1.weight", "[3]")
     assert not (tmp_path / "x").exists()  # nothing half-written
     json.loads((tmp_path / "ok" / "config.json").read_text())
+
+
+def _hostile_pickle(path: Path, marker: Path) -> None:
+    """A plain pickle (not a torch.save file) whose loading would run a shell command."""
+    import os
+    import pickle
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path.write_bytes(pickle.dumps({"model": Payload()}, protocol=4))
+
+
+def test_cli_hostile_pickle_is_one_line_without_torchs_advice_or_warning(tmp_path):
+    src, marker = tmp_path / "junk.pt", tmp_path / "RAN"
+    _hostile_pickle(src, marker)
+    for kind in ("hfailab-gpt", "auto"):
+        r = CliRunner().invoke(convert_cmd, [kind, str(src), str(tmp_path / "x")])
+        assert r.exit_code == 2, r.output
+        lines = [ln for ln in r.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and lines[0].startswith(f"error: {src}: not a torch checkpoint we can read safely"), \
+            r.output  # no torch UserWarning before it
+        assert "weights_only" not in lines[0] and "Re-running" not in lines[0], lines[0]
+        assert "Unsupported operand" in lines[0]  # what the weights-only reader refused, without the advice
+    assert not marker.exists() and not (tmp_path / "x").exists()
+
+
+def test_cli_auto_lists_the_kinds_convert_accepts(tmp_path):
+    from bench.cli_convert import KIND_CHOICES
+
+    src = tmp_path / "other.pt"
+    torch.save({"foo": torch.zeros(2), "bar": 1}, src)
+    r = CliRunner().invoke(convert_cmd, ["auto", str(src), str(tmp_path / "x")])
+    assert r.exit_code == 2, r.output
+    listed = r.output.strip().rpartition("one of ")[2].split(", ")
+    assert listed == [k for k in KIND_CHOICES if k != "auto"], r.output
+    assert not (tmp_path / "x").exists()

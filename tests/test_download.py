@@ -7,6 +7,7 @@ import re
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from click.testing import CliRunner
 from bench.api import UserError
 from bench.cli_data import data
 from bench.datasets.download import download, extract, fetch_coco, verify_zip
-from bench.datasets.mscoco import CocoArgs, make_mscoco
+from bench.datasets.mscoco import CocoArgs, make_mscoco, missing_resources
 
 try:  # tests/ as a package or as a plain folder on sys.path
     from tests.fixtures_coco import make_coco_archives
@@ -222,3 +223,52 @@ def test_failed_verification_moves_nothing_into_place(site, tmp_path):
     with pytest.raises(UserError, match="missing from val2014/"):
         fetch_coco(root, base_url=site.url, progress=False, timeout=5, log=lambda s: None)
     assert sorted(os.listdir(root)) == ["downloads"] and leftovers(root) == []
+
+
+@pytest.mark.parametrize("base_url", ["notaurl", "ftp://example.org/coco", "http://", "file:"])
+def test_base_url_that_is_no_url_is_one_line_and_creates_nothing(tmp_path, base_url):
+    root = tmp_path / "coco"
+    result = CliRunner().invoke(data, ["mscoco", "--root", str(root), "--base-url", base_url, "--retries", "0"])
+    assert result.exit_code == 2, (result.output, result.exception)
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith(f"error: base URL {base_url!r} is not an http(s):// or file://")
+    assert not root.exists()
+    with pytest.raises(UserError, match="not an http"):
+        download(base_url, str(tmp_path / "d" / "big.bin"), progress=False, retries=0)
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_local_folder_as_base_url_gets_its_file_url(site, tmp_path):
+    make_coco_archives(site.root, "val2014", n_images=4)
+    root = tmp_path / "coco"
+    result = CliRunner().invoke(data, ["mscoco", "--root", str(root), "--base-url", site.root, "--quiet"])
+    assert result.exit_code == 2 and f"give {Path(site.root).resolve().as_uri()}" in result.output
+    assert not root.exists()
+    # which works: file:// is fetched like http://
+    result = CliRunner().invoke(data, ["mscoco", "--root", str(root), "--base-url", Path(site.root).as_uri(),
+                                       "--quiet"])
+    assert result.exit_code == 0, result.output
+    assert len(os.listdir(root / "val2014")) == 4 and not (root / "downloads").exists() and leftovers(root) == []
+
+
+@pytest.mark.parametrize("root_exists", [False, True])
+def test_unreachable_site_leaves_no_empty_folders(site, tmp_path, root_exists):
+    root = tmp_path / "coco"
+    if root_exists:
+        root.mkdir()
+    url = site.url
+    site.close()  # nothing listens there any more
+    result = CliRunner().invoke(data, ["mscoco", "--root", str(root), "--base-url", url, "--retries", "0",
+                                       "--quiet", "--timeout", "5"])
+    assert result.exit_code == 2 and "check the network or the base URL" in result.output, result.output
+    assert root.exists() == root_exists  # a root the user made stays, empty; one the failed run made goes
+    assert not root_exists or os.listdir(root) == []
+
+
+def test_mscoco_hints_keep_every_option_inside_the_backticks(tmp_path):
+    lines = missing_resources(CocoArgs(root=str(tmp_path), eval_split="val2017", train_split="train2017"))
+    assert len(lines) == 4
+    commands = [c for line in lines for c in re.findall(r"`([^`]*)`", line) if c.startswith("bench ")]
+    assert commands.count("bench data mscoco --root DIR --split val2017") == 3
+    assert commands.count("bench data mscoco --root DIR --split val2017 --with-train") == 1
+    assert all(not re.search(r"`\s*--", line) for line in lines)  # no option after a closing backtick

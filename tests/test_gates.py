@@ -62,6 +62,11 @@ def test_regression_fails_and_names_the_number(setup):
     assert result.exit_code == 1 and "fd-effnet-lite0/blur=0" in result.output
 
 
+def test_a_nan_gated_number_fails(setup):
+    result = _run(setup, [float("nan")], [50.0])  # a metric that broke into NaN is no pass
+    assert result.exit_code == 1 and "FAIL  g  attribute-accuracy/seen/all: nan" in result.output
+
+
 def test_a_gated_number_missing_from_the_run_fails(setup):
     _rows({("g", "attribute-accuracy", "seen/all"): [0.81]}).to_csv(setup / "run" / "results.csv", index=False)
     ok, table = compare_run(setup / "run", setup / "base.csv")
@@ -117,3 +122,94 @@ def test_ci_eval_is_deterministic_and_a_degraded_gpt_fails_the_gate(tmp_path):
     assert not ok
     fails = [l for l in table.splitlines() if l.startswith("FAIL")]
     assert any("clipgen-lf  attribute-accuracy/seen/all" in l for l in fails), table
+
+
+def _one_line_error(result) -> str:
+    assert result.exit_code == 2, (result.output, result.exception)
+    out = result.output.strip()
+    assert out.startswith("error: ") and "\n" not in out, out
+    return out
+
+
+@pytest.mark.parametrize("bad", ["max_move: abc", "max_move: -1", "max_move: .nan", "max_move: true",
+                                 "max_move_pct: -5", "max_move_pct: [5]"])
+def test_tolerance_must_be_a_number_at_least_zero(setup, bad):
+    _rows({("g", "attribute-accuracy", "seen/all"): [0.81], ("g", "fd-effnet-lite0", "blur=0"): [50.0]}).to_csv(
+        setup / "run" / "results.csv", index=False)
+    (setup / "t.yaml").write_text(f"gates:\n  - {{metric: kid, better: lower, {bad}}}\n")
+    result = CliRunner().invoke(cli, ["compare", str(setup / "run"), str(setup / "base.csv"),
+                                      "--tolerances", str(setup / "t.yaml")])
+    out = _one_line_error(result)
+    assert "t.yaml: gates[0]: " + bad.split(":")[0] in out and "number >= 0" in out
+
+
+def test_zero_tolerance_is_allowed(setup):
+    (setup / "base.tolerances.yaml").write_text(
+        "gates:\n  - {metric: attribute-accuracy, variant: seen/all, better: higher, max_move: 0}\n")
+    assert _run(setup, [0.81, 0.81], [50.0]).exit_code == 0
+    assert _run(setup, [0.80, 0.81], [50.0]).exit_code == 1
+
+
+def test_invalid_tolerance_yaml_is_one_line_naming_file_and_place(setup):
+    (setup / "base.tolerances.yaml").write_text("gates:\n  - {metric: kid, better: lower\n  - x\n")
+    out = _one_line_error(_run(setup, [0.81], [50.0]))
+    assert out.endswith("base.tolerances.yaml: not valid YAML: while parsing a flow mapping (line 2, column 5): "
+                        "expected ',' or '}', but got '<stream end>' (line 4, column 1)")
+
+
+def test_non_numeric_value_in_a_baseline_is_one_line(setup):
+    base = pd.read_csv(setup / "base.csv")
+    base["value"] = base["value"].astype(object)
+    base.loc[1, "value"] = "0.8O"
+    base.to_csv(setup / "base.csv", index=False)
+    out = _one_line_error(_run(setup, [0.81], [50.0]))
+    assert "base.csv: not a results table: value in data row 2 is '0.8O', not a number" in out
+
+
+def _report(run_dir, monkeypatch, capsys) -> tuple[int, str]:
+    """`bench report RUN_DIR` through bench.cli.main, which turns a UserError into `error: ...` and status 2."""
+    from bench.cli import main
+
+    monkeypatch.setattr("sys.argv", ["bench", "report", str(run_dir)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    out = capsys.readouterr()
+    return exit_.value.code, out.out + out.err
+
+
+@pytest.mark.parametrize("content, message", [
+    ("", "not a results CSV: the file is empty"),
+    ("just,some\n1,2\n", "not a results table: missing columns ['citation', 'extra', 'metric'"),
+    (None, "not a results table: value in data row 1 is 'abc', not a number"),
+    (None, "not a results table: n in data row 1 is blank, not a number"),
+])
+def test_report_on_a_bad_results_csv_is_one_line(setup, monkeypatch, capsys, content, message):
+    path = setup / "run" / "results.csv"
+    if content is not None:
+        path.write_text(content)
+    else:
+        df = _rows({("g", "attribute-accuracy", "seen/all"): [0.81]})
+        if "value" in message:
+            df["value"] = "abc"
+        else:
+            df["n"] = None
+        df.to_csv(path, index=False)
+    code, out = _report(setup / "run", monkeypatch, capsys)
+    assert code == 2 and out.strip().count("\n") == 0, out
+    assert out.startswith(f"error: {path}: {message}"), out
+    assert sorted(p.name for p in (setup / "run").iterdir()) == ["results.csv"]  # no results.md / .tex written
+
+
+def test_report_reads_the_csv_when_a_parquet_is_there_too(setup, monkeypatch, capsys):
+    from bench.results import read_frame, write_frame
+
+    run = setup / "run"
+    write_frame(_rows({("g", "attribute-accuracy", "seen/all"): [0.81]}), run)
+    edited = pd.read_csv(run / "results.csv")
+    edited["value"] = 0.25  # an edit to the CSV counts
+    edited.to_csv(run / "results.csv", index=False)
+    assert list(read_frame(run)["value"]) == [0.25]
+    code, out = _report(run, monkeypatch, capsys)
+    assert code == 0 and "0.25 |" in out and "0.81" not in out, out
+    (run / "results.csv").unlink()  # only the parquet: that one
+    assert list(read_frame(run)["value"]) == [0.81]

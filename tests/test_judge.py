@@ -77,3 +77,38 @@ def test_build_judge_trains_once_then_loads_and_loads_by_path(tmp_path):
     (saved,) = [p for p in tmp_path.iterdir() if p.is_dir()]
     c = build_judge(ComponentSpec("judge", "attribute-judge", str(saved), None), ctx)
     assert all(torch.equal(c.predict(images)[k], v) for k, v in b.predict(images).items())
+
+
+def _schedule(make, steps: int) -> list[tuple[float, float]]:
+    """(lr, beta1) before each of `steps` optimiser steps under the scheduler `make(opt, steps)` builds."""
+    opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2e-3)
+    sched = make(opt, steps)
+    seen = []
+    for _ in range(steps):
+        seen.append((opt.param_groups[0]["lr"], opt.param_groups[0]["betas"][0]))
+        opt.step()
+        sched.step()
+    return seen
+
+
+@pytest.mark.parametrize("steps", [*range(1, 41), 250, 400, 800, 4000])
+def test_one_cycle_is_torchs_10_percent_warm_up_wherever_that_does_not_divide_by_zero(steps):
+    from reference.train import one_cycle
+
+    ours = _schedule(lambda opt, n: one_cycle(opt, 2e-3, n), steps)
+    torch_10 = lambda opt, n: torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=n, pct_start=0.1)
+    if steps != 10:  # the default 400, the suites' and tests' counts: exactly the schedule trained with before
+        assert ours == _schedule(torch_10, steps)
+        return
+    with pytest.raises(ZeroDivisionError):  # torch's warm-up phase would end at step 0.1 * 10 - 1 = 0
+        _schedule(torch_10, steps)
+    lrs = [lr for lr, _ in ours]
+    assert lrs[0] == pytest.approx(2e-3 / 25) and lrs[1] == pytest.approx(2e-3)  # warm up over one step
+    assert all(a > b for a, b in zip(lrs[1:], lrs[2:])) and lrs[-1] > 0  # then anneal
+
+
+def test_judge_trains_for_10_steps():
+    ds = ShapesDataset(resolution=32, seed=0, pairs_size=32, num_captions=8)
+    images, _, infos = ds.pairs()
+    judge, report = train_judge(images, infos, ds.attributes(), JudgeTrainArgs(steps=10, batch_size=8))
+    assert report["val_n"] == 3 and all(v.shape == (4,) for v in judge.predict(images[:4]).values())

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from reference.configs import PAPER
 from reference.loaders import (build_foreign, detect_kind, infer_hfailab_gpt_config, load_pretrained,
                                taming_key_map)
+from reference.loaders import convert as convert_checkpoint
 from reference.safe_unpickle import CheckpointReadError, Stub, safe_torch_load
 
 HERE = Path(__file__).parent
@@ -496,3 +497,37 @@ def test_clip_entry_point_by_name_and_path(tmp_path):
     emb = clip.encode_text(["a red square"])
     assert emb.shape == (1, 256) and torch.allclose(emb.norm(dim=-1), torch.ones(1), atol=1e-5)
     assert os.path.exists(path)
+
+
+def test_hostile_pickle_reads_quietly_and_the_error_gives_no_unsafe_advice(tmp_path, recwarn):
+    import pickle
+    import warnings
+
+    marker = tmp_path / "RAN"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    path = tmp_path / "junk.pt"
+    path.write_bytes(pickle.dumps({"model": Payload()}, protocol=4))
+    warnings.simplefilter("always")
+    with pytest.raises(CheckpointReadError) as e:
+        safe_torch_load(path)
+    _one_line_error(e, path, "not a torch checkpoint we can read safely", "weights-only reader refused")
+    assert "weights_only" not in str(e.value) and "add_safe_globals" not in str(e.value)
+    assert [str(w.message) for w in recwarn] == [] and not marker.exists()
+    with pytest.raises(CheckpointReadError):  # the same through the loader and kind detection
+        load_pretrained("auto", path)
+    assert [str(w.message) for w in recwarn] == []
+
+
+def test_unknown_file_names_the_kinds_the_caller_accepts(tmp_path):
+    path = tmp_path / "other.pt"
+    torch.save({"foo": torch.zeros(2)}, path)
+    all_five = r"give it: one of hfailab-vqgan, hfailab-gpt, taming-vqgan, checkpoint, clip$"
+    with pytest.raises(ValueError, match=all_five):
+        load_pretrained("auto", path)  # load_pretrained takes all five
+    with pytest.raises(ValueError, match=r"give it: one of hfailab-vqgan, hfailab-gpt, taming-vqgan$"):
+        convert_checkpoint("auto", path, tmp_path / "out")  # convert only these
+    assert not (tmp_path / "out").exists()

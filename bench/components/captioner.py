@@ -19,6 +19,7 @@ from tqdm.auto import trange
 from bench.api import BuildContext, ComponentSpec
 from bench.components.weights_dir import read_weights_dir, save_weights_dir
 from bench.registry import COMPONENTS
+from reference.train import one_cycle
 
 WEIGHTS_FILE = "captioner.safetensors"
 CONFIG_FILE = "captioner.json"
@@ -152,7 +153,7 @@ def train_captioner(images: Tensor, captions: list[str], args: CaptionerTrainArg
                                       args.max_tokens)).to(device)
     ids, mask = model.tokenize(captions)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    sched = one_cycle(opt, args.lr, args.steps)
     gen = torch.Generator().manual_seed(args.seed + 1)
     model.train()
     for _ in trange(args.steps, desc="captioner", disable=not progress, leave=False, dynamic_ncols=True):

@@ -17,6 +17,7 @@ from tqdm.auto import trange
 from bench.api import BuildContext, ComponentSpec, UserError
 from bench.components.weights_dir import read_weights_dir, save_weights_dir
 from bench.registry import COMPONENTS
+from reference.train import one_cycle
 
 WEIGHTS_FILE = "judge.safetensors"
 CONFIG_FILE = "judge.json"
@@ -115,7 +116,7 @@ def train_judge(images: Tensor, infos: list[dict], attributes: dict, args: Judge
     n_val = int(round(n * args.val_fraction))
     val_idx, tr_idx = perm[:n_val], perm[n_val:]
     opt = torch.optim.Adam(judge.parameters(), lr=args.lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.steps, pct_start=0.1)
+    sched = one_cycle(opt, args.lr, args.steps)
     gen = torch.Generator().manual_seed(args.seed + 1)
     judge.train()
     for _ in trange(args.steps, desc="attribute judge", disable=not progress, leave=False, dynamic_ncols=True):

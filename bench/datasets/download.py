@@ -18,8 +18,10 @@ import re
 import shutil
 import tempfile
 import urllib.error
+import urllib.parse
 import urllib.request
 import zipfile
+from pathlib import Path
 from typing import Callable
 
 from bench.api import UserError
@@ -42,6 +44,18 @@ def _progress(total: int | None, initial: int, desc: str, enabled: bool):
                 disable=not enabled, leave=False)
 
 
+def check_url(url: str, what: str = "URL") -> None:
+    """UserError unless `url` is one urllib can fetch here: http(s)://HOST/... or file:///PATH."""
+    parts = urllib.parse.urlsplit(url)
+    scheme = parts.scheme.lower()
+    if (scheme in ("http", "https") and parts.hostname) or (scheme == "file" and parts.path):
+        return
+    hint = "give http://HOST/..., https://HOST/... or file:///ABSOLUTE/PATH"
+    if os.path.isdir(url):
+        hint = f"for a local folder give {Path(url).resolve().as_uri()}"
+    raise UserError(f"{what} {url!r} is not an http(s):// or file:// URL: {hint}")
+
+
 def _total_from_content_range(value: str | None) -> tuple[int | None, int | None]:
     """'bytes 100-199/1000' -> (100, 1000); 'bytes */1000' -> (None, 1000)."""
     m = re.match(r"bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)", value or "")
@@ -61,6 +75,7 @@ def download(url: str, dest: str, *, progress: bool = True, timeout: float = 60.
     """
     if os.path.isfile(dest):
         return dest
+    check_url(url)
     os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
     restarted = False
@@ -212,10 +227,12 @@ def fetch_coco(root: str, split: str = "val2014", base_url: str = OFFICIAL_BASE_
     """
     if split not in ("val2014", "val2017"):
         raise UserError(f"unknown MS-COCO split {split!r}; known: val2014, val2017")
+    check_url(base_url, "base URL")
     official = (base_url.rstrip("/") == OFFICIAL_BASE_URL) if check_counts is None else check_counts
     year = split[-4:]
     splits = [split] + ([f"train{year}"] if with_train else [])
     root = os.path.abspath(root)
+    made = [] if os.path.isdir(root) else [root]  # folders this call creates: removed again if a download fails
     os.makedirs(root, exist_ok=True)
     marker = os.path.join(root, f".bench-mscoco-{'+'.join(splits)}.json")
     if os.path.isfile(marker) and all(os.path.isdir(os.path.join(root, s)) for s in splits):
@@ -231,14 +248,24 @@ def fetch_coco(root: str, split: str = "val2014", base_url: str = OFFICIAL_BASE_
     for s in splits:
         archives[s] = os.path.join(downloads, f"{s}.zip")
         urls[s] = f"{base}/zips/{s}.zip"
-    for key, dest in archives.items():
-        log(f"fetching {urls[key]}")
-        download(urls[key], dest, progress=progress, timeout=timeout, retries=retries)
-        try:
-            verify_zip(dest)
-        except UserError as err:
-            os.remove(dest)  # a complete but corrupt archive: the next run downloads it afresh
-            raise UserError(f"{err}; it was deleted, run the command again to download it afresh") from None
+    if not os.path.isdir(downloads):
+        made.append(downloads)
+    try:
+        for key, dest in archives.items():
+            log(f"fetching {urls[key]}")
+            download(urls[key], dest, progress=progress, timeout=timeout, retries=retries)
+            try:
+                verify_zip(dest)
+            except UserError as err:
+                os.remove(dest)  # a complete but corrupt archive: the next run downloads it afresh
+                raise UserError(f"{err}; it was deleted, run the command again to download it afresh") from None
+    except BaseException:
+        for folder in reversed(made):  # only if still empty: a kept .part (to resume) keeps its folder
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        raise
 
     tmp = tempfile.mkdtemp(prefix=".bench-unpack-", dir=root)
     try:

@@ -63,22 +63,23 @@ def captions_json(root: str, split: str) -> str:
 
 def missing_resources(args: CocoArgs) -> list[str]:
     root = resolve_root(args)
-    fetch = "run `bench data mscoco --root DIR`"
+    fetch = f"run `bench data mscoco --root DIR --split {args.eval_split}`"
     if not root:
         return [f"MS-COCO root not set: set `root:` in the dataset args or env {ENV_ROOT}, after `bench data mscoco --root DIR`"]
     missing = []
     year = args.eval_split[-4:]
     if not os.path.isfile(captions_json(root, args.eval_split)):
-        missing.append(f"MS-COCO captions not found at {captions_json(root, args.eval_split)}: {fetch} --split {args.eval_split} "
+        missing.append(f"MS-COCO captions not found at {captions_json(root, args.eval_split)}: {fetch} "
                        f"(or unpack annotations_trainval{year}.zip under {root})")
     if not os.path.isdir(os.path.join(root, args.eval_split)):
-        missing.append(f"MS-COCO images not found at {os.path.join(root, args.eval_split)}/: {fetch} --split {args.eval_split} "
+        missing.append(f"MS-COCO images not found at {os.path.join(root, args.eval_split)}/: {fetch} "
                        f"(or unpack {args.eval_split}.zip under {root})")
     if args.train_split != "val-rest":
         t = args.train_split
         if not os.path.isdir(os.path.join(root, t)):
-            missing.append(f"MS-COCO training images not found at {os.path.join(root, t)}/: {fetch} --split {args.eval_split} "
-                           f"--with-train, or set `train_split: val-rest`")
+            missing.append(f"MS-COCO training images not found at {os.path.join(root, t)}/: "
+                           f"run `bench data mscoco --root DIR --split {args.eval_split} --with-train`, "
+                           f"or set `train_split: val-rest`")
         if not os.path.isfile(captions_json(root, t)):
             missing.append(f"MS-COCO captions not found at {captions_json(root, t)}: unpack annotations_trainval{t[-4:]}.zip "
                            f"under {root} ({fetch} fetches it), or set `train_split: val-rest`")

@@ -10,10 +10,9 @@ the benchmark.
 """
 from __future__ import annotations
 
-import hashlib
+import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,10 +22,10 @@ import torch
 from torch import Tensor
 
 from bench.api import RunContext, SampleBatch
-from bench.cache import code_fingerprint
+from bench.cache import atomic_write_bytes, code_fingerprint, key_hash
 from bench.features import build_extractor, gaussian_blur
 
-STATS_FORMAT = 1  # bump when the stored layout or the computation behind it changes
+STATS_FORMAT = 1  # bump when the stored layout changes (the code computing it is in the key)
 
 
 # ---- statistics ----------------------------------------------------------------------------
@@ -127,10 +126,6 @@ def frechet_distance_of(a: FeatureStats, b: FeatureStats) -> float:
 
 
 # ---- cached reference statistics ---------------------------------------------------------------
-def _key_sha(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()
-
-
 def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: int) -> tuple[FeatureStats, bool]:
     """Features and statistics of the reference images, from `<cache_dir>/stats/<sha>.npz` when there.
 
@@ -139,7 +134,7 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
     """
     key = {"format": STATS_FORMAT, "reference": ctx.reference_key(), "extractor": extractor.identity(),
            "blur": blur, "code": code_fingerprint(__name__, type(extractor).__module__, *ctx.dataset.code_modules())}
-    path = Path(ctx.cache_dir) / "stats" / f"{_key_sha(key)}.npz"
+    path = Path(ctx.cache_dir) / "stats" / f"{key_hash(key)}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             if json.loads(str(z["key"])) == json.loads(json.dumps(key, sort_keys=True, default=str)):
@@ -150,17 +145,10 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
     if not chunks:
         raise ValueError("the reference set is empty")
     stats = feature_stats(torch.cat(chunks))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".npz.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, features=stats.features, mu=stats.mu, sigma=stats.sigma,
-                     key=np.array(json.dumps(key, sort_keys=True, default=str)))
-        os.replace(tmp, path)  # atomic: a reader sees the old file or the whole new one
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buf = io.BytesIO()
+    np.savez(buf, features=stats.features, mu=stats.mu, sigma=stats.sigma,
+             key=np.array(json.dumps(key, sort_keys=True, default=str)))
+    atomic_write_bytes(path, buf.getvalue())  # a reader sees the old file or the whole new one
     return stats, False
 
 
