@@ -52,6 +52,9 @@ class System(Protocol):
         """uint8 [B,3,H,W]; image b must depend only on (captions[b], caption_ids[b], seeds[b])."""
         ...
 
+    # Optional: `check_captions(caption_ids) -> None` raises a UserError when the system cannot serve one of the
+    # run's captions (e.g. samples-folder lacks its image); the runner asks before any system generates.
+
 
 @dataclass(frozen=True)
 class MetricValue:
