@@ -292,7 +292,7 @@ def markdown(df: pd.DataFrame, per_caption: dict | None = None, headline: bool =
     parts = []
     if not table.empty:
         parts.append(table.to_markdown() + ("\n\nmean ± std over seeds [95% bootstrap interval over captions]; "
-                                            "† n below the feature dimension (FD is biased there)."))
+                                            "† n not above the feature dimension (FD is biased there)."))
     components = pivot(df[_is_component(df)])
     if not components.empty:
         parts.append("components:\n\n" + components.to_markdown())

@@ -105,9 +105,31 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _peak_memory(device: str) -> int:
+def _reset_peak_memory(device: str) -> None:
+    """Start a new peak: CUDA's allocator statistics, or Linux's resident-set high-water mark (VmHWM; writing 5 to
+    /proc/self/clear_refs resets it). Elsewhere the peak stays the process's since it started."""
     if device.startswith("cuda"):
-        return int(torch.cuda.max_memory_allocated())
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _peak_memory(device: str) -> int:
+    """Bytes at the peak since the last `_reset_peak_memory`: CUDA memory allocated by tensors, or the process's
+    resident set on a CPU (VmHWM; ru_maxrss, the peak since start, where /proc is missing)."""
+    if device.startswith("cuda"):
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
@@ -177,6 +199,7 @@ class Runner:
             items = items[: self.limit]
         if not items:
             raise UserError("no captions to generate for (check dataset.num_captions and --limit)")
+        self.resolution = dataset.resolution
         if self.fresh and self.out.exists() and self.world == 1:
             if not is_run_folder(self.out):
                 raise UserError(f"--fresh would delete {self.out}, which is not a bench run folder (no "
@@ -280,6 +303,7 @@ class Runner:
             warm = todo[: min(2, len(todo))]
             system.generate([it.caption for it in warm], [it.caption_id for it in warm],
                             [caption_seed(seed, it.caption_id) for it in warm])
+        _reset_peak_memory(self.device)  # each system's (and seed's) own peak, not the training's before it
         bar = tqdm(total=len(todo), desc=f"generate {alias} seed {seed}", unit="img", disable=not self.progress,
                    leave=False)
         for start in range(0, len(todo), bs):
@@ -292,9 +316,10 @@ class Runner:
             _sync(self.device)
             seconds = time.perf_counter() - t0
             images = images.detach().cpu()
-            if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[0] != len(batch) or images.shape[1] != 3:
-                raise RuntimeError(f"system {alias!r} returned {images.dtype} {tuple(images.shape)}; "
-                                   f"expected uint8 [{len(batch)},3,H,W]")
+            res = self.resolution
+            if images.dtype != torch.uint8 or tuple(images.shape) != (len(batch), 3, res, res):
+                raise RuntimeError(f"system {alias!r} returned {images.dtype} {tuple(images.shape)}; expected uint8 "
+                                   f"[{len(batch)},3,{res},{res}] (the dataset's resolution: FID-k blurs at it)")
             for it, image in zip(batch, images):
                 atomic_write_bytes(folder / f"{it.caption_id:06d}.png", _png_bytes(image))
             record = TimingRecord(seconds=seconds, images=len(batch),

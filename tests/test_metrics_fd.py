@@ -179,6 +179,17 @@ def test_blur_zero_is_no_blur_and_blur_changes_the_number(tmp_path):
     assert rows[0].value == pytest.approx(expected, rel=1e-6)
     assert rows[1].value != pytest.approx(rows[0].value, rel=1e-3)
     assert rows[1].extra["blur_radius"] == 4
+    # FID-k: both sets blurred (PIL's Gaussian of radius 4, each image on its own), then the plain distance
+    blurred = scipy_fd(clip.encode_image(pil_blur(gen, 4)).numpy(), clip.encode_image(pil_blur(ref, 4)).numpy())
+    assert rows[1].value == pytest.approx(blurred, rel=1e-6)
+
+
+def pil_blur(images: torch.Tensor, radius: float) -> torch.Tensor:
+    from PIL import Image, ImageFilter
+
+    out = [np.asarray(Image.fromarray(im.permute(1, 2, 0).numpy()).filter(ImageFilter.GaussianBlur(radius=radius)))
+           for im in images]
+    return torch.from_numpy(np.stack(out)).permute(0, 3, 1, 2).contiguous()
 
 
 def test_gaussian_blur_is_pil_gaussian_blur():

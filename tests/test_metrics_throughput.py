@@ -47,3 +47,26 @@ def test_concurrent_processes_add_up_sequential_ones_do_not(tmp_path):
     # records from before `start` was recorded count back to back, beside dated ones
     assert rows([TimingRecord(2.0, 10), TimingRecord(1.0, 5, start=7.0), TimingRecord(1.0, 5, start=7.5)])[
         "images/s"].value == pytest.approx(20 / 3.5)
+
+
+def test_peak_memory_restarts_for_each_generation():
+    """The runner resets the peak before each system's generation, so its row is not the training's peak."""
+    import mmap
+    from pathlib import Path
+
+    from bench.runner import _peak_memory, _reset_peak_memory
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc/self/clear_refs (elsewhere the peak is the process's since start)")
+    size = 256 << 20
+    _reset_peak_memory("cpu")
+    base = _peak_memory("cpu")
+    block = mmap.mmap(-1, size)  # anonymous memory, returned to the kernel on close whatever malloc keeps
+    for i in range(0, size, mmap.PAGESIZE):
+        block[i] = 1  # make every page resident
+    high = _peak_memory("cpu")
+    assert high >= base + size - (16 << 20)
+    block.close()
+    assert _peak_memory("cpu") >= high - (16 << 20)  # a peak, not the current size (counters lag a little)
+    _reset_peak_memory("cpu")
+    assert _peak_memory("cpu") < high - size + (16 << 20)

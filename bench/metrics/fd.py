@@ -2,7 +2,7 @@
 
 Rows are named by the features: `fid` (torch-fidelity's Inception-v3), `fd-effnet-lite0`,
 `fd-clip`; the variant is "blur=k" (FID-k: PIL GaussianBlur(radius=k) on both sets at their
-own resolution, before the extractor's resize). See bench/metrics/README.md.
+own resolution, before the extractor's resize). See docs/metrics.md.
 """
 from __future__ import annotations
 
@@ -92,7 +92,7 @@ class FeatureMetric(StreamingMetric):
                  "blur_radius": r, "n_reference": ref.n, "reference_stats_cached": cached}
         if self.args.features == "clip":
             extra["clip"] = self.args.clip
-        extra["n_below_feature_dim"] = min(gen.n, ref.n) < gen.dim
+        extra["n_below_feature_dim"] = min(gen.n, ref.n) <= gen.dim  # rank-deficient covariance (rank <= n - 1)
         return extra
 
     def _metric_name(self) -> str:
@@ -110,9 +110,9 @@ class FrechetDistance(FeatureMetric):
         value = frechet_distance_of(gen, ref)
         extra = {}
         low = min(gen.n, ref.n)
-        if low < gen.dim:
+        if low <= gen.dim:  # n samples give a covariance of rank n - 1 at most
             extra["rank_deficient"] = True
-            extra["note"] = (f"n={low} is below the feature dimension {gen.dim}: the covariance is rank-deficient "
+            extra["note"] = (f"n={low} is not above the feature dimension {gen.dim}: the covariance is rank-deficient "
                              f"and the distance is biased (upwards); compare only at equal n")
         return float(value), extra
 
