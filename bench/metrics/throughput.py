@@ -8,6 +8,9 @@ and "tokens/s" count all of them together: images over the wall time during whic
 was inside a timed call (the union of the calls' intervals), so concurrent processes add up and shards
 run one after another do not. "seconds/image" stays the time one process spends per image (the calls'
 seconds summed over processes, over images); extra "process_images_per_s" gives each process's own rate.
+"peak-memory-bytes" is the highest peak of the timed calls, each system's and seed's generation measured
+from a fresh start (the runner resets it): CUDA memory allocated by tensors, or on a CPU the process's
+resident set (which includes the models and whatever the allocator kept from training).
 """
 from __future__ import annotations
 
