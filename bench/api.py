@@ -78,6 +78,7 @@ class TimingRecord:
     batch_size: int = 0
     device: str = "cpu"
     process: int = 0  # the generating process (shard rank; 0 when unsharded)
+    threads: int = 0  # torch threads of that process (0 in records older than this field)
     start: float = 0.0  # wall clock (time.time()) when the call began; 0 in records older than this field
 
 

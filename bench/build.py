@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 from typing import Any, Callable
 
@@ -62,9 +63,11 @@ class Builder:
         return self.component(name) if kind == "component" else self.system(name)
 
     def trained_on(self) -> dict:
+        """Where training ran, as far as it changes the weights: torch's version, the GPU model, or the CPU threads."""
         if not self.device.startswith("cpu"):
-            return {"device": self.device.split(":")[0]}
-        return {"device": "cpu", "threads": self.build_threads or torch.get_num_threads()}
+            return {"device": self.device.split(":")[0], "torch": torch.__version__,
+                    "gpu": torch.cuda.get_device_name(self.device) if torch.cuda.is_available() else ""}
+        return {"device": "cpu", "threads": self.build_threads or torch.get_num_threads(), "torch": torch.__version__}
 
     def code_of(self, module: str) -> str:
         """Fingerprint of the code behind an artefact: the reference package (models, training, sampling), the
@@ -122,10 +125,14 @@ class Builder:
             item = ("system", alias)
             if item in self._building:
                 raise UserError(f"systems refer to each other in a cycle: {self._cycle(item)}")
-            code = self.code_of(SYSTEMS.get(spec.name).factory.__module__)
+            module = SYSTEMS.get(spec.name).factory.__module__
+            code = self.code_of(module)
+            # the files it reads: arguments declared paths, and any its module names (e.g. a samples-folder mapping)
+            files = [path for _, path in path_args(spec.args)]
+            files += getattr(importlib.import_module(module), "read_files", lambda args: [])(spec.args)
             self._made_of.setdefault(item, set()).update(
                 {f"system:{alias}/{key_hash({'name': spec.name, 'args': args_dict(spec.args), 'code': code})}"}
-                | {f"file:{path}/{key_hash(path_stamp(path))}" for _, path in path_args(spec.args)})
+                | {f"file:{path}/{key_hash(path_stamp(path))}" for path in files})
             self._building.append(item)
             try:
                 system = SYSTEMS.get(spec.name).factory(spec.args, self)

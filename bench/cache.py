@@ -40,10 +40,16 @@ def path_stamp(path: str | Path) -> dict:
     return {"path": str(p), "size": None, "mtime_ns": None}
 
 
-def _code_of_file(path: Path) -> str:
+def _code_of_file(path: Path, qualname: str = "") -> str:
     """A Python file's code as the interpreter sees it: its AST with docstrings removed, so comments, docstrings and
-    formatting do not count."""
+    formatting do not count. qualname ("function" or "Class.method"): only that definition."""
     tree = ast.parse(path.read_bytes(), filename=str(path))
+    for part in qualname.split(".") if qualname else ():
+        found = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+                 and n.name == part]
+        if not found:
+            raise ValueError(f"code_fingerprint: {path} defines no {qualname!r}")
+        tree = found[0]
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \
@@ -55,15 +61,17 @@ def _code_of_file(path: Path) -> str:
 
 @functools.lru_cache(maxsize=None)
 def code_fingerprint(*modules: str) -> str:
-    """A hash of the code of the named modules (a package counts with every module under it): part of the key of
-    whatever that code trains or computes, so a change to it cannot leave results of the old code in the cache.
-    Docstrings, comments and formatting are left out (`_code_of_file`)."""
+    """A hash of the code of the named modules (a package counts with every module under it; "module:qualname"
+    names one function or method): part of the key of whatever that code trains or computes, so a change to it
+    cannot leave results of the old code in the cache. Docstrings, comments and formatting are left out
+    (`_code_of_file`)."""
     h = hashlib.sha256()
-    for name in sorted(set(modules)):
+    for entry in sorted(set(modules)):
+        name, _, qualname = entry.partition(":")
         root, files = _module_files(name)
-        h.update(f"{name}\n".encode())
+        h.update(f"{entry}\n".encode())
         for f in files:
-            h.update(f"{f.relative_to(root).as_posix()}\n{_code_of_file(f)}\n".encode())
+            h.update(f"{f.relative_to(root).as_posix()}\n{_code_of_file(f, qualname)}\n".encode())
     return h.hexdigest()[:20]
 
 

@@ -58,9 +58,10 @@ def _now() -> str:
 
 
 def measured_row(suite, system_spec, system, metric_spec, value, seed: int, device: str,
-                 samples_made_by: str | None = None) -> dict:
-    """samples_made_by: the fingerprint in the samples' made-by.json (what built the system that made them)."""
-    extra = dict(value.extra)
+                 samples_made_by: str | None = None, run: dict | None = None) -> dict:
+    """samples_made_by: the fingerprint in the samples' made-by.json (what built the system that made them);
+    run: the runner's provenance of the run and of the components the metric used (Runner.run_provenance)."""
+    extra = {**(run or {}), **value.extra}
     for key in ("training", "candidates", "rerank_clip"):
         if hasattr(system, "provenance") and key in system.provenance():
             extra.setdefault(key, system.provenance()[key])
@@ -78,15 +79,17 @@ def measured_row(suite, system_spec, system, metric_spec, value, seed: int, devi
     }
 
 
-def component_row(suite, component: str, metric: str, variant: str, value: float, n: int, device: str) -> dict:
-    """A diagnostic of a component (not of a system), e.g. a CLIP's modality gap."""
+def component_row(suite, component: str, metric: str, variant: str, value: float, n: int, device: str,
+                  extra: dict | None = None) -> dict:
+    """A diagnostic of a component (not of a system), e.g. a CLIP's modality gap; extra: its provenance."""
     spec = suite.components[component]
     return {
         "suite": suite.suite, "suite_version": suite.version, "system": f"[{component}]",
         "system_name": f"component:{spec.kind}", "uses_captions": False, "metric": metric, "variant": variant,
         "value": float(value), "n": int(n), "seed": -1, "source": "measured", "citation": "",
         "args_hash": args_hash(spec.kind, spec.path, args_dict(spec.train)), "git_sha": git_sha(),
-        "versions": versions(), "device": device, "timestamp": _now(), "extra": "{}",
+        "versions": versions(), "device": device, "timestamp": _now(),
+        "extra": json.dumps(extra or {}, sort_keys=True, default=str),
     }
 
 

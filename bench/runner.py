@@ -35,7 +35,7 @@ from bench.cache import atomic_write_bytes, cache_dir, code_fingerprint, key_has
 from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 from bench.results import Results, measured_row
-from bench.suite import Suite, args_dict, path_args
+from bench.suite import Suite, args_dict, path_args, references
 
 
 def is_run_folder(path: Path) -> bool:
@@ -235,6 +235,11 @@ class Runner:
             torch.set_num_threads(threads)
 
     def measure(self, builder: Builder, dataset, items: list[CaptionItem], systems: dict) -> Results:
+        for spec in self.suite.systems:  # an earlier run's seeds this suite no longer has would join the intervals
+            keep = {f"seed{s}.json" for s in self.suite.seeds_of(spec.alias)}
+            for path in (self.out / "per_caption" / spec.alias).glob("seed*.json"):
+                if path.name not in keep:
+                    path.unlink()
         results = Results(self.suite, self.device)
         for spec in self.suite.systems:
             for seed in self.suite.seeds_of(spec.alias):
@@ -250,12 +255,16 @@ class Runner:
 
     def made_by(self, builder: Builder, dataset, alias: str) -> dict:
         """What a system's samples depend on: its name and arguments, every artefact it was built from (trained
-        weights by cache key, checkpoint files by path, size and mtime), the dataset (caption ids -> captions)
-        and the device type. Not the batch size or thread count (see the module docstring)."""
+        weights by cache key, checkpoint files by path, size and mtime), the dataset and all its captions (a
+        random-caption control draws from them), the device type and the code that seeds and writes samples. Not
+        the batch size or thread count (see the module docstring)."""
         spec = self.suite.system(alias)
+        captions = key_hash({"captions": [[it.caption_id, it.caption] for it in dataset.eval_captions()]})
         what = {"system": spec.name, "args": args_dict(spec.args), "artefacts": builder.made_of(("system", alias)),
-                "dataset": dataset.identity(), "device": self.device.split(":")[0],
-                "code": code_fingerprint(__name__)}  # the systems' own code is in their artefact entries
+                "dataset": dataset.identity(), "captions": captions, "device": self.device.split(":")[0],
+                # how samples are seeded and stored (the systems' own code is in their artefact entries)
+                "code": code_fingerprint(f"{__name__}:caption_seed", f"{__name__}:_png_bytes",
+                                         f"{__name__}:Runner.generate")}
         return {"fingerprint": key_hash(what), **what}
 
     def prepare_sample_folders(self, builder: Builder, dataset) -> None:
@@ -308,24 +317,29 @@ class Runner:
                    leave=False)
         for start in range(0, len(todo), bs):
             batch = todo[start:start + bs]
-            seeds = [caption_seed(seed, it.caption_id) for it in batch]
+            # a one-image call runs as two identical rows: oneDNN convolutions round a batch of one differently
+            # (VQGAN decoding moved ~1 in 2000 pixels by one level), and the last chunk of a resumed, limited or
+            # sharded run must equal what a full batch would have made
+            call = batch * 2 if len(batch) == 1 else batch
+            seeds = [caption_seed(seed, it.caption_id) for it in call]
             _sync(self.device)
             wall0 = time.time()
             t0 = time.perf_counter()
-            images = system.generate([it.caption for it in batch], [it.caption_id for it in batch], seeds)
+            images = system.generate([it.caption for it in call], [it.caption_id for it in call], seeds)
             _sync(self.device)
             seconds = time.perf_counter() - t0
             images = images.detach().cpu()
             res = self.resolution
-            if images.dtype != torch.uint8 or tuple(images.shape) != (len(batch), 3, res, res):
+            if images.dtype != torch.uint8 or tuple(images.shape) != (len(call), 3, res, res):
                 raise RuntimeError(f"system {alias!r} returned {images.dtype} {tuple(images.shape)}; expected uint8 "
-                                   f"[{len(batch)},3,{res},{res}] (the dataset's resolution: FID-k blurs at it)")
+                                   f"[{len(call)},3,{res},{res}] (the dataset's resolution: FID-k blurs at it)")
+            images = images[: len(batch)]
             for it, image in zip(batch, images):
                 atomic_write_bytes(folder / f"{it.caption_id:06d}.png", _png_bytes(image))
             record = TimingRecord(seconds=seconds, images=len(batch),
                                   tokens=len(batch) * int(getattr(system, "tokens_per_image", 0)),
                                   peak_memory_bytes=_peak_memory(self.device), batch_size=bs, device=self.device,
-                                  process=self.rank, start=wall0)
+                                  process=self.rank, start=wall0, threads=torch.get_num_threads())
             with open(timing_file, "a") as fh:
                 fh.write(json.dumps(dataclasses.asdict(record)) + "\n")
             bar.update(len(batch))
@@ -373,8 +387,10 @@ class Runner:
         made_by = json.loads((self.sample_dir(spec.alias, seed) / "made-by.json").read_text())["fingerprint"]
         rows = []
         for mspec, metric in metrics:
+            used = [value for _, what, _, value in references(mspec.args) if what == "component"]
             for value in metric.compute(ctx):
-                rows.append(measured_row(self.suite, spec, system, mspec, value, seed, self.device, made_by))
+                rows.append(measured_row(self.suite, spec, system, mspec, value, seed, self.device, made_by,
+                                         self.run_provenance(builder, used)))
         if ctx.per_caption:
             per_caption = self.out / "per_caption" / spec.alias / f"seed{seed}.json"
             per_caption.parent.mkdir(parents=True, exist_ok=True)
@@ -384,6 +400,14 @@ class Runner:
                         for cid, values in ctx.per_caption.items()}
             atomic_write_bytes(per_caption, json.dumps(expanded).encode())
         return rows
+
+    def run_provenance(self, builder: Builder, components=()) -> dict:
+        """What every row adds to `extra`: the resolved suite's hash, --limit, and each component the number
+        used (a metric's judge, captioner or evaluator CLIP) by what it was built from."""
+        return {"suite_hash": self.suite.hash(), "limit": self.limit,
+                "components_made_of": {name: key_hash({"key": builder.key_of(name),
+                                                       "made_of": builder.made_of(("component", name))})
+                                       for name in sorted(set(components))}}
 
     # ---- diagnostics of the suite's components -----------------------------------------------
     def component_diagnostics(self, builder: Builder, dataset, items: list[CaptionItem]) -> list[dict]:
@@ -403,8 +427,8 @@ class Runner:
                 gap = modality_gap(component, real, [it.caption for it in items])
                 for key in ("image_text_cosine", "image_image_cosine", "mean_difference_norm"):
                     rows.append(component_row(self.suite, name, "modality-gap", key.replace("_", "-"), gap[key],
-                                              gap["n"], self.device))
+                                              gap["n"], self.device, self.run_provenance(builder, [name])))
             for value in getattr(component, "diagnostics", lambda: [])():
                 rows.append(component_row(self.suite, name, value.metric, value.variant, value.value, value.n,
-                                          self.device))
+                                          self.device, {**value.extra, **self.run_provenance(builder, [name])}))
         return rows

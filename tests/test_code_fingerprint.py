@@ -52,6 +52,17 @@ def test_a_package_counts_with_every_module_under_it(pkg):
     assert _fresh("fp_pkg") != whole and _fresh("fp_pkg.model") == model
 
 
+def test_one_function_of_a_module(pkg):
+    f, whole = _fresh("fp_pkg.model:f"), _fresh("fp_pkg.model")
+    assert f != whole
+    (pkg / "model.py").write_text(MODULE.replace("SCALE = 2", "SCALE = 3"))  # outside f
+    assert _fresh("fp_pkg.model:f") == f and _fresh("fp_pkg.model") != whole
+    (pkg / "model.py").write_text(MODULE.replace("return x * SCALE", "return x + SCALE"))
+    assert _fresh("fp_pkg.model:f") != f
+    with pytest.raises(ValueError, match="defines no 'g'"):
+        _fresh("fp_pkg.model:g")
+
+
 def test_a_module_without_source_counts_by_name(monkeypatch):
     monkeypatch.setitem(sys.modules, "typed_in", type(sys)("typed_in"))  # no __file__, as in an interpreter
     assert _fresh("typed_in") == _fresh("typed_in") != _fresh("typed_in_too")

@@ -179,6 +179,18 @@ def test_identity_names_what_shapes_the_data(fdir):
     assert ds(fdir).reference_key() == ds(fdir, num_captions=7).reference_key()  # captions don't shape the reference set
 
 
+def test_identity_and_reference_key_name_the_data_read(tmp_path):
+    """Other IDX files under the same names and sizes (MNIST's, say) are other data: other keys."""
+    one, other = tmp_path / "one", tmp_path / "other"
+    make_fashion_dir(str(one), gz=False, seed=0)
+    make_fashion_dir(str(other), gz=False, seed=1)  # labels shuffled differently: same names, same sizes
+    assert [(p.name, p.stat().st_size) for p in sorted(one.iterdir())] == \
+        [(p.name, p.stat().st_size) for p in sorted(other.iterdir())]
+    assert ds(str(one)).identity() != ds(str(other)).identity()
+    assert ds(str(one)).reference_key() != ds(str(other)).reference_key()
+    assert ds(str(one)).identity() == ds(str(one)).identity()
+
+
 def test_num_reference_must_leave_real_images(fdir):
     with pytest.raises(UserError, match="lower num_reference"):
         ds(fdir, num_reference=N_TEST).train_images()

@@ -125,6 +125,28 @@ def test_batch_size_does_not_change_samples(tmp_path):
         assert (a / rel).read_bytes() == (b / rel).read_bytes(), rel
 
 
+def test_a_batch_of_one_makes_the_same_bytes_as_a_full_batch(tmp_path):
+    """Convolutions round a batch of one differently; the runner runs it as two rows, so VQGAN decoding at
+    batch_size 1 (or a last chunk of one) writes what batch 24 writes."""
+    from reference.checkpoint import save_vqgan
+    from reference.configs import get_preset
+    from reference.vqgan import VQGAN
+
+    torch.manual_seed(0)
+    save_vqgan(tmp_path / "vqgan", VQGAN(get_preset("tiny").vqgan))
+    runs = {}
+    for bs in (1, 24):
+        p = tmp_path / f"one{bs}.yaml"
+        p.write_text(f"suite: one\nversion: 1\ndataset: {{name: shapes, resolution: 32, num_captions: 24, train_size: 1, "
+                     f"pairs_size: 1}}\ngeneration: {{batch_size: {bs}, seeds: [0]}}\n"
+                     f"components: {{vqgan: {{kind: vqgan, path: {tmp_path / 'vqgan'}}}}}\n"
+                     f"systems: [{{name: vqgan-recon}}]\n")
+        Runner(load_suite(p), out_dir=tmp_path / f"r{bs}", progress=False, cache=tmp_path / "cache").run()
+        folder = tmp_path / f"r{bs}" / "samples" / "vqgan-recon" / "seed0"
+        runs[bs] = {f.name: f.read_bytes() for f in folder.glob("*.png")}
+    assert len(runs[1]) == 24 and runs[1] == runs[24]
+
+
 def test_limit_and_resume_only_generate_missing(tmp_path):
     suite = _suite(tmp_path, 8)
     Runner(suite, out_dir=tmp_path / "r", limit=8, progress=False).run()
@@ -209,6 +231,31 @@ def test_samples_made_by_another_build_are_generated_again(tmp_path, capsys):
     assert "[samples] real-images seed 0: the 8 samples on disk came from an unrecorded build" \
         in capsys.readouterr().out
     assert all(t != first_real[name] for name, t in _stamps(real).items())
+
+
+def test_made_by_names_all_captions_and_stale_seeds_leave_the_intervals(tmp_path):
+    """random-caption draws from every eval caption, so num_captions changes its samples even for the ids kept;
+    per-caption files of seeds the suite no longer runs are dropped; rows carry the run's provenance."""
+    out, cache = tmp_path / "r", tmp_path / "cache"
+    text = ("suite: mb\nversion: 1\ndataset: {name: shapes, resolution: 32, num_captions: N, train_size: 1, "
+            "pairs_size: 64}\ngeneration: {batch_size: 4, seeds: SEEDS}\n"
+            "components: {judge: {kind: attribute-judge, train: {steps: 3}}}\nsystems: [{name: real-images}]\n"
+            "metrics: [{name: attribute-accuracy, args: {judge: judge}}]\n")
+    path = tmp_path / "mb.yaml"
+
+    def run(n, seeds, limit=None):
+        path.write_text(text.replace("N", str(n)).replace("SEEDS", seeds))
+        Runner(load_suite(path), out_dir=out, progress=False, cache=cache, limit=limit).run()
+        return json.loads((out / "samples" / "real-images" / "seed0" / "made-by.json").read_text())
+
+    first = run(8, "[0, 1]", limit=4)
+    assert run(12, "[0, 1]", limit=4)["captions"] != first["captions"]
+    assert sorted(p.name for p in (out / "per_caption" / "real-images").iterdir()) == ["seed0.json", "seed1.json"]
+    run(12, "[0]", limit=4)
+    assert sorted(p.name for p in (out / "per_caption" / "real-images").iterdir()) == ["seed0.json"]
+    extra = json.loads(pd.read_csv(out / "results.csv")["extra"].iloc[0])
+    assert extra["limit"] == 4 and extra["suite_hash"] == load_suite(path).hash()
+    assert list(extra["components_made_of"]) == ["judge"]  # the judge behind the number
 
 
 def test_made_of_names_wrapped_systems_and_checkpoint_contents(tmp_path):

@@ -111,3 +111,24 @@ def test_path_is_relative_to_the_suite_file_not_the_current_folder(tmp_path, mon
     assert suite.system("up").args.path == str(elsewhere)
     # a --set value is the command line's: relative to the current folder, as written
     assert load_suite(suites / "s.yaml", ["systems.pub.args.path=mine"]).system("pub").args.path == "mine"
+
+
+def test_a_mapping_outside_the_folder_is_part_of_what_the_samples_are_made_of(folder, tmp_path_factory):
+    from bench.build import Builder
+    from bench.datasets.base import build_dataset
+
+    outside = tmp_path_factory.mktemp("maps") / "map.json"
+    suite_file = tmp_path_factory.mktemp("suite") / "s.yaml"
+    suite_file.write_text(f"suite: s\nversion: 1\ndataset: {{name: shapes, resolution: 16, num_captions: 4}}\n"
+                          f"systems: [{{name: samples-folder, alias: pub, args: {{path: {folder}, mapping: {outside}}}}}]\n"
+                          f"metrics: [{{name: throughput}}]\n")
+
+    def made_of(mapping: dict) -> list[str]:
+        outside.write_text(json.dumps(mapping))
+        suite = load_suite(suite_file)
+        builder = Builder(suite, build_dataset(suite.dataset), "cpu", str(tmp_path_factory.mktemp("c")), progress=False)
+        builder.system("pub")
+        return builder.made_of(("system", "pub"))
+
+    first = made_of({"0": "3.png", "1": "000007.jpg"})
+    assert made_of({"0": "000007.jpg", "1": "3.png"}) != first  # the same size: only the mtime tells them apart

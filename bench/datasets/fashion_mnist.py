@@ -200,6 +200,7 @@ class FashionMNIST(Dataset):
         self._arrays: dict[str, np.ndarray] | None = None
         self._captions: list[CaptionItem] | None = None
         self._split_test: tuple[np.ndarray, list[np.ndarray]] | None = None
+        self._data_sha: str | None = None
 
     # -- raw data, loaded once on first use
     def arrays(self) -> dict[str, np.ndarray]:
@@ -247,7 +248,16 @@ class FashionMNIST(Dataset):
         return {"name": self.name, "resolution": a.resolution, "seed": a.seed, "num_captions": a.num_captions,
                 "held_out_fraction": a.held_out_fraction, "num_reference": a.num_reference,
                 "train_limit": a.train_limit, "num_pairs": a.num_pairs, "pairs_split": "last-num_pairs-of-train", "resize": a.resize,
-                "templates_sha": _templates_sha()}
+                "templates_sha": _templates_sha(), "data_sha256": self.data_sha256()}
+
+    def data_sha256(self) -> str:
+        """A hash of the images and labels read (MNIST's IDX files have Fashion-MNIST's names and sizes)."""
+        if self._data_sha is None:
+            h = hashlib.sha256()
+            for role, array in sorted(self.arrays().items()):
+                h.update(role.encode() + np.ascontiguousarray(array).tobytes())
+            self._data_sha = h.hexdigest()[:16]
+        return self._data_sha
 
     def attributes(self) -> dict[str, list[str]]:
         return {"class": list(CLASSES)}
@@ -317,7 +327,7 @@ class FashionMNIST(Dataset):
     def reference_key(self) -> dict:
         a = self.args
         return {"dataset": self.name, "split": "test", "count": a.num_reference, "resolution": a.resolution,
-                "seed": a.seed, "resize": a.resize}
+                "seed": a.seed, "resize": a.resize, "data_sha256": self.data_sha256()}
 
 
 @DATASETS.register("fashion-mnist", "70k real Fashion-MNIST images (IDX), template captions with held-out templates",

@@ -133,7 +133,8 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
     and the blur radius; the count is part of the reference key. Returns (stats, was_cached).
     """
     key = {"format": STATS_FORMAT, "reference": ctx.reference_key(), "extractor": extractor.identity(),
-           "blur": blur, "code": code_fingerprint(__name__, type(extractor).__module__, *ctx.dataset.code_modules())}
+           "blur": blur, "code": code_fingerprint(__name__, type(extractor).__module__, *ctx.dataset.code_modules()),
+           "device": ctx.device.split(":")[0], "batch_size": batch_size, "torch": torch.__version__}
     path = Path(ctx.cache_dir) / "stats" / f"{key_hash(key)}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:

@@ -54,6 +54,7 @@ class Throughput:
             per_process[p] = sum(t.images for t in mine) / s if s > 0 else float("inf")
         extra = {"batch_sizes": sorted({t.batch_size for t in timings}),
                  "devices": sorted({t.device for t in timings}),
+                 "threads": sorted({t.threads for t in timings}),
                  "calls": len(timings), "seconds": seconds, "busy_seconds": busy,
                  "processes": len(per_process), "process_images_per_s": list(per_process.values())}
         rows = [MetricValue("throughput", "images/s", images / busy if busy > 0 else float("inf"), images, extra),

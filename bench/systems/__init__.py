@@ -1,2 +1,2 @@
 """Systems: everything that turns captions into images. Importing this package registers them."""
-from bench.systems import clipgen, samples_folder, simple, vqgan_clip  # noqa: F401
+from bench.systems import around, clipgen, samples_folder, simple, vqgan_clip  # noqa: F401

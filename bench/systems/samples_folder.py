@@ -47,6 +47,12 @@ def missing_resources(args: SamplesFolderArgs) -> list[str]:
     return missing
 
 
+def read_files(args: SamplesFolderArgs) -> list[str]:
+    """Files the samples come from beyond `path` (which the builder stamps as a path argument): the mapping,
+    which may live outside the folder."""
+    return [str(_mapping_path(args))] if args.mapping else []
+
+
 def _mapping_path(args: SamplesFolderArgs) -> Path:
     m = Path(args.mapping).expanduser()
     return m if m.is_absolute() else Path(args.path).expanduser() / m
