@@ -449,6 +449,10 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             components[name] = ComponentSpec(name, kind, c.resolve_path(spec["path"], p + ("path",)), None)
         else:
             train = c.dataclass_from(COMPONENTS.get(kind).args, spec["train"], p + ("train",), f"{kind} training")
+            # a component kind may check its training args against the dataset (e.g. a preset's resolution)
+            problem = getattr(COMPONENTS.get(kind).factory, "check_dataset", lambda t, d: "")(train, dataset.args)
+            if problem:
+                c.fail(p + ("train",), problem)
             components[name] = ComponentSpec(name, kind, None, train)
 
     systems: list[SystemSpec] = []
@@ -516,6 +520,9 @@ def _dataset_spec(c: _Checker, raw: Any, path: tuple, inherit: dict) -> DatasetS
     extra = ("train_source",) if outer else ()
     ds = c.mapping(raw, path, _dataset_keys(raw) + extra, required=("name",))
     name = c.registered(DATASETS, ds["name"], path + ("name",))
+    if outer and getattr(DATASETS.get(name).factory, "training_only", False):
+        c.fail(path + ("name",), f"{name} has no captions to evaluate on: name a captioned dataset here and give "
+                                 f"{name} as its train_source: (see `bench ls`)")
     values = {k: v for k, v in ds.items() if k not in ("name", "train_source")}
     args_cls = DATASETS.get(name).args
     fields = {f.name for f in dataclasses.fields(args_cls)} if args_cls else set()

@@ -80,11 +80,11 @@ def test_fresh_refuses_a_folder_that_holds_no_run(tmp_path):
 
 
 def test_bad_input_found_while_building_leaves_no_new_folder_and_an_old_one_as_it_was(tmp_path):
-    bad = TINY.replace("dataset: {name: shapes, resolution: 16", "dataset: {name: imagefolder, root: " + str(tmp_path) +
-                       ", resolution: 16").replace(", num_captions: 4, train_size: 1, pairs_size: 1", "")
+    (tmp_path / "empty").mkdir()  # a samples-folder without the captions' images: found once systems are built
+    bad = TINY.replace("systems: [{name: noise}]", f"systems: [{{name: samples-folder, args: {{path: {tmp_path / 'empty'}}}}}]")
     out = tmp_path / "new"
     result = CliRunner().invoke(cli, ["run", _suite(tmp_path, bad), "--out", str(out), "--quiet"])
-    assert result.exit_code == 2 and "imagefolder" in result.output and not out.exists()
+    assert result.exit_code == 2 and "no image for caption id" in result.output and not out.exists()
     old = tmp_path / "old"
     assert CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(old), "--quiet"]).exit_code == 0
     before = (old / "suite.resolved.json").read_bytes()

@@ -42,9 +42,9 @@ def build_vqgan(spec: ComponentSpec, ctx: BuildContext):
         return _load(spec.path, ctx.device)
     args: VQGANTrainArgs = spec.train
     cfg = get_preset(args.preset).vqgan
-    if cfg.resolution != ctx.dataset.resolution:
-        raise UserError(f"components.{spec.name}: the {args.preset} VQGAN preset wants {cfg.resolution}px images but "
-                        f"the dataset renders {ctx.dataset.resolution}px; set dataset.resolution: {cfg.resolution}")
+    problem = _check_dataset(args, ctx.dataset)  # `bench validate` asked already; a Builder used directly may not
+    if problem:
+        raise UserError(f"components.{spec.name}: {problem}")
 
     def train():
         images = ctx.dataset.train_images()  # once: from an image folder this decodes every file
@@ -67,3 +67,17 @@ def build_vqgan(spec: ComponentSpec, ctx: BuildContext):
 
     key = {"train": dataclasses.asdict(args), "dataset": ctx.dataset.identity()}
     return ctx.cached("vqgan", key, train, save, load)
+
+
+def _check_dataset(args: VQGANTrainArgs, dataset_args) -> str:
+    """At `bench validate`: a preset's VQGAN takes images of one resolution only."""
+    from reference.configs import get_preset
+
+    want, have = get_preset(args.preset).vqgan.resolution, getattr(dataset_args, "resolution", None)
+    if have is not None and want != have:
+        return f"the {args.preset} VQGAN preset wants {want}px images but the dataset renders {have}px; " \
+               f"set dataset.resolution: {want} or another preset (`bench ls`)"
+    return ""
+
+
+build_vqgan.check_dataset = _check_dataset

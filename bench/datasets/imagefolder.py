@@ -264,4 +264,7 @@ def make_imagefolder(args: ImageFolderArgs) -> ImageFolder:
     return ImageFolder(args)
 
 
+make_imagefolder.training_only = True  # `bench validate` refuses it as the evaluated dataset
+
+
 make_imagefolder.missing_resources = missing_resources
