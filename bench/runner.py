@@ -200,7 +200,7 @@ class Runner:
         if not items:
             raise UserError("no captions to generate for (check dataset.num_captions and --limit)")
         self.resolution = dataset.resolution
-        if self.fresh and self.out.exists() and self.world == 1:
+        if self.fresh and self.out.exists() and self.coordinator:  # never a shard: others may be writing
             if not is_run_folder(self.out):
                 raise UserError(f"--fresh would delete {self.out}, which is not a bench run folder (no "
                                 f"suite.resolved.json, samples/ or results.csv): choose another --out or empty it yourself")
