@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import os
 from typing import Any, Callable
 
@@ -125,11 +124,11 @@ class Builder:
             item = ("system", alias)
             if item in self._building:
                 raise UserError(f"systems refer to each other in a cycle: {self._cycle(item)}")
-            module = SYSTEMS.get(spec.name).factory.__module__
-            code = self.code_of(module)
-            # the files it reads: arguments declared paths, and any its module names (e.g. a samples-folder mapping)
+            factory = SYSTEMS.get(spec.name).factory
+            code = self.code_of(factory.__module__)
+            # the files it reads: arguments declared paths, and any its factory names (e.g. a samples-folder mapping)
             files = [path for _, path in path_args(spec.args)]
-            files += getattr(importlib.import_module(module), "read_files", lambda args: [])(spec.args)
+            files += getattr(factory, "read_files", lambda args: [])(spec.args)
             self._made_of.setdefault(item, set()).update(
                 {f"system:{alias}/{key_hash({'name': spec.name, 'args': args_dict(spec.args), 'code': code})}"}
                 | {f"file:{path}/{key_hash(path_stamp(path))}" for path in files})

@@ -388,9 +388,10 @@ class Runner:
         rows = []
         for mspec, metric in metrics:
             used = [value for _, what, _, value in references(mspec.args) if what == "component"]
+            provenance = self.run_provenance(builder, used)  # once per metric, not per row
             for value in metric.compute(ctx):
                 rows.append(measured_row(self.suite, spec, system, mspec, value, seed, self.device, made_by,
-                                         self.run_provenance(builder, used)))
+                                         provenance))
         if ctx.per_caption:
             per_caption = self.out / "per_caption" / spec.alias / f"seed{seed}.json"
             per_caption.parent.mkdir(parents=True, exist_ok=True)
@@ -421,14 +422,15 @@ class Runner:
         real = None
         for name, spec in self.suite.components.items():
             component = builder.component(name)
+            provenance = self.run_provenance(builder, [name])
             if spec.kind == "clip":
                 if real is None:
                     real = dataset.real_images(items, [caption_seed(-1, it.caption_id) for it in items])
                 gap = modality_gap(component, real, [it.caption for it in items])
                 for key in ("image_text_cosine", "image_image_cosine", "mean_difference_norm"):
                     rows.append(component_row(self.suite, name, "modality-gap", key.replace("_", "-"), gap[key],
-                                              gap["n"], self.device, self.run_provenance(builder, [name])))
+                                              gap["n"], self.device, provenance))
             for value in getattr(component, "diagnostics", lambda: [])():
                 rows.append(component_row(self.suite, name, value.metric, value.variant, value.value, value.n,
-                                          self.device, {**value.extra, **self.run_provenance(builder, [name])}))
+                                          self.device, {**value.extra, **provenance}))
         return rows

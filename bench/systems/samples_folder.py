@@ -162,3 +162,4 @@ def build_samples_folder(args: SamplesFolderArgs, ctx) -> SamplesFolder:
 
 
 build_samples_folder.missing_resources = missing_resources
+build_samples_folder.read_files = read_files  # the builder stamps them into what the samples are made of
