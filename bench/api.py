@@ -144,9 +144,11 @@ class BuildContext(Protocol):
                save: Callable[[Any, str], None], load: Callable[[str], Any]) -> Any:
         """Load the artefact stored under hash(kind, key) in the cache, or train, save atomically, return.
 
-        `key` must name everything that shapes the artefact (spec, dataset identity,
-        dependencies' keys); the package version, `kind` and where it is trained (device type,
-        CPU thread count) are added for you.
+        `key` must name everything else that shapes the artefact (spec, dependencies' keys); the data
+        (the splits the factory declares in `factory.reads`, e.g. `("train",)`, else the whole
+        dataset identity), the code, `kind` and where it is trained (device type, CPU thread count,
+        torch version) are added for you. A factory that declares `reads` sees a `ctx.dataset` that
+        refuses every other split, so its key cannot miss data it read.
         `save(obj, dir)` writes files into a fresh temp dir; `load(dir)` reads them.
         """
         ...

@@ -9,6 +9,7 @@ import torch
 
 from bench.api import UserError
 from bench.cache import artefact_dir, cached_artefact, code_fingerprint, key_hash, path_stamp
+from bench.datasets.base import ReadsOnly
 from bench.registry import COMPONENTS, SYSTEMS
 from bench.suite import Suite, args_dict, path_args
 
@@ -35,7 +36,7 @@ class Builder:
     def __init__(self, suite: Suite, dataset: Any, device: str, cache_dir: str, progress: bool = True,
                  build_threads: int | None = None, defer_training: bool = False):
         self.suite = suite
-        self.dataset = dataset
+        self._dataset = dataset
         self.device = device
         self.cache_dir = cache_dir
         self.progress = progress
@@ -71,7 +72,31 @@ class Builder:
     def code_of(self, module: str) -> str:
         """Fingerprint of the code behind an artefact: the reference package (models, training, sampling), the
         module that builds it (a component's or system's) and the dataset's modules."""
-        return code_fingerprint("reference", module, *self.dataset.code_modules())
+        return code_fingerprint("reference", module, *self._dataset.code_modules())
+
+    def _factory(self, item: Item) -> Callable:
+        kind, name = item
+        if kind == "component":
+            return COMPONENTS.get(self.suite.components[name].kind).factory
+        return SYSTEMS.get(self.suite.system(name).name).factory
+
+    def data_key(self, item: Item) -> dict:
+        """The data an item trains on: the identity of each split its factory declares in `reads` (so more eval
+        captions retrain nothing, more pairs no VQGAN), or the whole dataset's identity for one that declares none."""
+        reads = getattr(self._factory(item), "reads", None)
+        if reads is None:
+            return {"all": self._dataset.identity()}
+        return {split: self._dataset.split_identity(split) for split in reads}
+
+    @property
+    def dataset(self) -> Any:
+        """The dataset as the item being built may read it: only the splits its factory declares, if it does."""
+        if self._building:
+            reads = getattr(self._factory(self._building[-1]), "reads", None)
+            if reads is not None:
+                kind, name = self._building[-1]
+                return ReadsOnly(self._dataset, reads, f"{kind} {name!r}")
+        return self._dataset
 
     def _cycle(self, item: Item) -> str:
         return " -> ".join(name for _, name in self._building + [item])
@@ -96,7 +121,8 @@ class Builder:
 
     def cached(self, kind: str, key: dict, train: Callable[[], Any], save: Callable[[Any, str], None],
                load: Callable[[str], Any]) -> Any:
-        key = {**key, "trained_on": self.trained_on(), "code": self.code_of(train.__module__)}
+        data = self.data_key(self._building[-1]) if self._building else {"all": self._dataset.identity()}
+        key = {**key, "data": data, "trained_on": self.trained_on(), "code": self.code_of(train.__module__)}
         self._record({artefact_dir("", kind, key).as_posix()})
         if self.defer_training and self._building and not (artefact_dir(self.cache_dir, kind, key) / "key.json").exists():
             raise NeedsTraining(self._building[-1])
@@ -104,13 +130,13 @@ class Builder:
 
     def key_of(self, name: str) -> dict:
         spec = self.suite.components[name]
-        if spec.path is not None:  # "file" or "architecture@file"
+        if spec.path is not None:  # "file" or "architecture@file": read from disk, no data
             prefix, _, file = spec.path.rpartition("@")
             source = {"path_prefix": prefix, **path_stamp(file)}
         else:
-            source = {"train": dataclasses.asdict(spec.train) if dataclasses.is_dataclass(spec.train) else spec.train}
-        return {"kind": spec.kind, **source, "dataset": self.dataset.identity(),
-                "code": self.code_of(COMPONENTS.get(spec.kind).factory.__module__)}
+            source = {"train": dataclasses.asdict(spec.train) if dataclasses.is_dataclass(spec.train) else spec.train,
+                      "data": self.data_key(("component", name))}
+        return {"kind": spec.kind, **source, "code": self.code_of(COMPONENTS.get(spec.kind).factory.__module__)}
 
     # ---- systems ---------------------------------------------------------------------------
     def system(self, alias: str) -> Any:

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from bench.api import ComponentSpec, UserError
-from bench.components.clip_component import ClipTrainArgs, build_clip, parse_clip_path, train_key
+from bench.components.clip_component import ClipTrainArgs, build_clip, parse_clip_path
 from bench.registry import COMPONENTS
 from reference.clip import (CONFIG_FILE, PRESETS, WEIGHTS_FILE, ClipModel, clip_loss, init_clip, load_clip,
                             load_saved_clip, modality_gap, save_clip, train_clip, zero_shot_accuracy)
@@ -312,7 +312,6 @@ def test_build_clip_trains_once_then_loads_from_the_cache(tmp_path):
     images = ctx.dataset.images[:4]
     torch.testing.assert_close(first.encode_image(images), second.encode_image(images))
     other = ComponentSpec("clip", "clip", None, ClipTrainArgs(steps=3, batch_size=16, seed=1))
-    assert train_key(other.train, {}) != train_key(spec.train, {})
     build_clip(other, ctx)
     assert ctx.trained == 2
 

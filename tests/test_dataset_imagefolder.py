@@ -169,7 +169,9 @@ def test_a_suite_trains_vqgan_and_gpt_on_an_image_folder_and_evaluates_on_shapes
     printed = result.output + captured.out + captured.err
     assert "training VQGAN" not in printed and "gpt:" not in printed and "clip tiny: step" not in printed  # --quiet
     keys = {p.parent.parent.name: json.loads(p.read_text()) for p in cache.glob("*/*/key.json")}
-    for kind in ("vqgan", "clipgen-gpt"):
-        source = keys[kind]["key"]["dataset"]["train_source"]
+    for kind in ("vqgan", "clipgen-gpt"):  # they train on the folder's images alone: the key names only them
+        assert list(keys[kind]["key"]["data"]) == ["train"]
+        source = keys[kind]["key"]["data"]["train"]["train_source"]
         assert source["name"] == "imagefolder" and source["count"] == 24 and source["resolution"] == 32
+    assert keys["clip"]["key"]["data"]["pairs"]["dataset"] == "shapes"  # the CLIP trains on the shapes pairs
     assert len(list((tmp_path / "run" / "samples" / "clipgen" / "seed0").glob("*.png"))) == 4

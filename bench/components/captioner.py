@@ -191,5 +191,8 @@ def build_captioner(spec: ComponentSpec, ctx: BuildContext) -> Captioner:
         images, captions, _info = ctx.dataset.pairs()
         return train_captioner(images, captions, args, ctx.device, ctx.progress)
 
-    key = {"args": asdict(args), "dataset": ctx.dataset.identity()}
+    key = {"args": asdict(args)}
     return ctx.cached("captioner", key, train, save_captioner, lambda d: load_captioner(d, ctx.device))
+
+
+build_captioner.reads = ("pairs",)  # the data a trained one sees (Builder.data_key)

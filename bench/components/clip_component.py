@@ -57,11 +57,6 @@ def load_clip_from_path(path: str, device: str = "cpu") -> ClipModel:
         raise UserError(str(err)) from None
 
 
-def train_key(args: ClipTrainArgs, dataset_identity: dict) -> dict:
-    """Everything that shapes a trained CLIP: the training args and the data."""
-    return {"args": asdict(args), "dataset": dataset_identity}  # the code joins the key in Builder.cached
-
-
 @COMPONENTS.register("clip", "CLIP encoder: open_clip weights from a path, or a tiny CLIP trained on the pairs",
                      args=ClipTrainArgs)
 def build_clip(spec: ComponentSpec, ctx: BuildContext) -> ClipModel:
@@ -74,5 +69,8 @@ def build_clip(spec: ComponentSpec, ctx: BuildContext) -> ClipModel:
         return train_clip(images, captions, preset=args.preset, steps=args.steps, batch_size=args.batch_size,
                           lr=args.lr, seed=args.seed, progress=ctx.progress, device=ctx.device)
 
-    return ctx.cached("clip", key=train_key(args, ctx.dataset.identity()), train=train, save=save_clip,
+    return ctx.cached("clip", key={"args": asdict(args)}, train=train, save=save_clip,
                       load=lambda directory: load_saved_clip(directory, device=ctx.device))
+
+
+build_clip.reads = ("pairs",)  # the data a trained one sees (Builder.data_key); captions: it plays web pretraining

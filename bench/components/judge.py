@@ -164,6 +164,9 @@ def build_judge(spec: ComponentSpec, ctx: BuildContext) -> AttributeJudge:
         judge.report = report
         return judge
 
-    key = {"args": asdict(args), "dataset": ctx.dataset.identity(), "attributes": ctx.dataset.attributes()}
+    key = {"args": asdict(args), "attributes": ctx.dataset.attributes()}
     return ctx.cached("attribute-judge", key, train,
                       lambda judge, d: save_judge(judge, d), lambda d: load_judge(d, ctx.device))
+
+
+build_judge.reads = ("pairs",)  # the data a trained one sees (Builder.data_key)

@@ -106,3 +106,6 @@ def build_probe(spec: ComponentSpec, ctx: BuildContext) -> TrainingProbe:
     pair_images, captions, _ = ctx.dataset.pairs()
     k = spec.train.images
     return TrainingProbe(run_probe(ctx.dataset.train_images()[:k], pair_images[:k], list(captions[:k]), spec.train))
+
+
+build_probe.reads = ("train", "pairs")

@@ -65,7 +65,7 @@ def build_vqgan(spec: ComponentSpec, ctx: BuildContext):
         model.training_stats = read_config(directory)[2].get("training", {})
         return model
 
-    key = {"train": dataclasses.asdict(args), "dataset": ctx.dataset.identity()}
+    key = {"train": dataclasses.asdict(args)}  # the train split and the code join it in Builder.cached
     return ctx.cached("vqgan", key, train, save, load)
 
 
@@ -81,3 +81,4 @@ def _check_dataset(args: VQGANTrainArgs, dataset_args) -> str:
 
 
 build_vqgan.check_dataset = _check_dataset
+build_vqgan.reads = ("train",)  # images only, never captions (Builder.data_key)

@@ -9,6 +9,27 @@ from torch import Tensor
 from bench.api import CaptionItem
 
 
+# The splits a trained artefact may read, by the Dataset methods that read them. Eval data (captions, real and
+# reference images) never shapes an artefact: a factory declaring `reads` may not touch it (bench/build.py).
+SPLIT_OF = {"train_images": "train", "iter_train_images": "train", "pairs": "pairs",
+            "eval_captions": "eval", "real_images": "eval", "iter_reference_images": "eval", "reference_key": "eval"}
+
+
+class ReadsOnly:
+    """The dataset as a factory that declares the splits it reads (`factory.reads`) sees it: reading another split
+    raises, so a trained artefact's key (which names the declared splits) cannot miss data it read."""
+
+    def __init__(self, dataset, reads: tuple[str, ...], who: str):
+        self._dataset, self._reads, self._who = dataset, tuple(reads), who
+
+    def __getattr__(self, name: str):
+        split = SPLIT_OF.get(name)
+        if split is not None and split not in self._reads:
+            raise RuntimeError(f"{self._who} reads the {split} split ({name}) but declares reads={self._reads}: "
+                               f"add {split!r} to its factory's `reads`, or its cache key would not name that data")
+        return getattr(self._dataset, name)
+
+
 class Dataset(ABC):
     name: str
     resolution: int  # images come out uint8 [.,3,resolution,resolution]
@@ -16,6 +37,12 @@ class Dataset(ABC):
     @abstractmethod
     def identity(self) -> dict:
         """Everything that shapes the data (name, resolution, seed, sizes, held-out set): part of every cache key."""
+
+    def split_identity(self, split: str) -> dict:
+        """Everything that shapes one split's data, for the keys of what trains on it: "train" (train_images,
+        iter_train_images) or "pairs" (pairs()). It may leave out what only other splits depend on (the number of
+        eval captions, say), never what changes this split. Default: the whole identity."""
+        return self.identity()
 
     @abstractmethod
     def eval_captions(self) -> list[CaptionItem]:

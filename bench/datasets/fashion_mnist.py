@@ -250,6 +250,15 @@ class FashionMNIST(Dataset):
                 "train_limit": a.train_limit, "num_pairs": a.num_pairs, "pairs_split": "last-num_pairs-of-train", "resize": a.resize,
                 "templates_sha": _templates_sha(), "data_sha256": self.data_sha256()}
 
+    def split_identity(self, split: str) -> dict:
+        # both splits are slices of the train arrays; pairs add seeded captions from the seen templates
+        a = self.args
+        ident = {"name": self.name, "split": split, "resolution": a.resolution, "resize": a.resize,
+                 "train_limit": a.train_limit, "num_pairs": a.num_pairs, "data_sha256": self.data_sha256()}
+        if split == "pairs":
+            ident.update(seed=a.seed, templates_sha=_templates_sha())
+        return ident
+
     def data_sha256(self) -> str:
         """A hash of the images and labels read (MNIST's IDX files have Fashion-MNIST's names and sizes)."""
         if self._data_sha is None:

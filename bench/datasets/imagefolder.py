@@ -226,6 +226,11 @@ class WithTrainSource(Dataset):
     def identity(self) -> dict:
         return {**self.dataset.identity(), "train_source": self.train_source.identity()}
 
+    def split_identity(self, split: str) -> dict:
+        if split == "train":
+            return {"train_source": self.train_source.split_identity("train")}
+        return self.dataset.split_identity(split)
+
     def code_modules(self) -> list[str]:
         return [__name__, *self.dataset.code_modules(), *self.train_source.code_modules()]
 

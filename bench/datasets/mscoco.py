@@ -175,19 +175,21 @@ class MSCOCO(Dataset):
         return os.path.join(self.root, self.args.eval_split, self.eval_index().file_names[image_id])
 
     def _files_stamp(self, which: str) -> str:
-        """files_stamp (relative path and size) of the reference images ("reference") or of every file the dataset
-        reads ("all": captions files, captioned eval images, the training folder), computed once."""
+        """files_stamp (relative path and size) of the reference images ("reference"), of a training split other
+        than val-rest ("train": its captions file and folder) or of every file the dataset reads ("all": captions
+        files, captioned eval images, the training folder), computed once."""
         if which not in self._stamps:
-            a, (_, chosen, _) = self.args, self._drawn()
+            a = self.args
+            paths = []
             if which == "reference":
-                paths = [self._eval_path(i) for i in chosen]
-            else:
+                paths = [self._eval_path(i) for i in self._drawn()[1]]
+            if which == "all":
                 paths = [captions_json(self.root, a.eval_split)]
                 paths += [self._eval_path(i) for i in self.eval_index().image_ids]
-                if a.train_split != "val-rest":
-                    folder = os.path.join(self.root, a.train_split)
-                    paths += [captions_json(self.root, a.train_split)]
-                    paths += [os.path.join(folder, p) for p in list_images(folder)]
+            if which in ("train", "all") and a.train_split != "val-rest":
+                folder = os.path.join(self.root, a.train_split)
+                paths += [captions_json(self.root, a.train_split)]
+                paths += [os.path.join(folder, p) for p in list_images(folder)]
             try:
                 self._stamps[which] = files_stamp(paths, self.root)
             except OSError as err:
@@ -206,6 +208,15 @@ class MSCOCO(Dataset):
                 "eval_split": a.eval_split, "train_split": a.train_split, "max_train_images": a.max_train_images,
                 "num_pairs": a.num_pairs, "resample": a.resample, "crop": "centre", "drawn_images_sha": drawn,
                 "files_sha256": self._files_stamp("all")}
+
+    def split_identity(self, split: str) -> dict:
+        a = self.args
+        if a.train_split == "val-rest":  # training images are the val images the eval draw left
+            return self.identity()
+        size = {"train": ("max_train_images", a.max_train_images), "pairs": ("num_pairs", a.num_pairs)}[split]
+        return {"name": self.name, "split": split, "resolution": a.resolution, "seed": a.seed,
+                "train_split": a.train_split, size[0]: size[1], "resample": a.resample, "crop": "centre",
+                "files_sha256": self._files_stamp("train")}
 
     def eval_captions(self) -> list[CaptionItem]:
         return list(self._drawn()[0])

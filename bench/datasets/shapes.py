@@ -93,6 +93,12 @@ class ShapesDataset(Dataset):
                 "train_size": self.train_size, "pairs_size": self.pairs_size,
                 "held_out": list(self.held_out)}  # the renderer's code joins the keys (Dataset.code_modules)
 
+    def split_identity(self, split: str) -> dict:
+        # train renders draw from the seen pairs; pairs from all, tagged seen / held-out in their info
+        size = {"train": "train_size", "pairs": "pairs_size"}[split]
+        return {"dataset": self.name, "split": split, "resolution": self.resolution, "seed": self.seed,
+                size: getattr(self, size), "held_out": list(self.held_out)}
+
     def attributes(self) -> dict[str, list[str]]:
         return {"colour": list(COLOURS), "shape": list(SHAPES), "position": list(POSITIONS)}
 

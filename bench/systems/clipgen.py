@@ -114,7 +114,7 @@ def _build_clipgen(args: ClipGenArgs, ctx: BuildContext, condition: str) -> Clip
 
     def train():
         start = time.perf_counter()
-        data = ctx.dataset  # only train_images() is read for condition="image"
+        data = ctx.dataset  # train_images() for condition="image", pairs() for "text": the factories' `reads`
         gpt, stats = train_clipgen(data, clip, vqgan, cfg, steps=t.steps, seed=t.seed, noise=t.noise, progress=ctx.progress,
                                    condition=condition, batch_size=t.batch_size, lr=t.lr, device=ctx.device,
                                    clip_loss_weight=t.clip_loss_weight, bf16=precision == "bf16")
@@ -132,7 +132,7 @@ def _build_clipgen(args: ClipGenArgs, ctx: BuildContext, condition: str) -> Clip
         return gpt
 
     key = {"train": dict(dataclasses.asdict(t), precision=precision), "condition": condition,
-           "clip": ctx.key_of(args.clip), "vqgan": ctx.key_of(args.vqgan), "dataset": ctx.dataset.identity(), "cond_dim": cfg.cond_dim}
+           "clip": ctx.key_of(args.clip), "vqgan": ctx.key_of(args.vqgan), "cond_dim": cfg.cond_dim}
     gpt = ctx.cached("clipgen-gpt", key, train, save, load)
     return ClipGen(gpt, vqgan, clip, args, rerank, condition == "text", getattr(gpt, "training_stats", {}))
 
@@ -147,3 +147,7 @@ def build_clipgen(args: ClipGenArgs, ctx: BuildContext) -> ClipGen:
                                   "(text-supervised upper bound)", args=ClipGenArgs)
 def build_clipgen_text(args: ClipGenArgs, ctx: BuildContext) -> ClipGen:
     return _build_clipgen(args, ctx, "text")
+
+
+build_clipgen.reads = ("train",)  # the language-free GPT never sees a caption (Builder.data_key)
+build_clipgen_text.reads = ("pairs",)
