@@ -8,7 +8,7 @@ from typing import Any, Callable
 import torch
 
 from bench.api import UserError
-from bench.cache import artefact_dir, cached_artefact, code_fingerprint, key_hash, path_stamp
+from bench.cache import artefact_dir, cached_artefact, code_fingerprint, key_hash, library_versions, path_stamp
 from bench.datasets.base import ReadsOnly
 from bench.registry import COMPONENTS, SYSTEMS
 from bench.suite import Suite, args_dict, path_args
@@ -63,11 +63,11 @@ class Builder:
         return self.component(name) if kind == "component" else self.system(name)
 
     def trained_on(self) -> dict:
-        """Where training ran, as far as it changes the weights: torch's version, the GPU model, or the CPU threads."""
+        """Where training ran, as far as it changes the weights: the libraries' versions, the GPU model, or the CPU threads."""
         if not self.device.startswith("cpu"):
-            return {"device": self.device.split(":")[0], "torch": torch.__version__,
+            return {"device": self.device.split(":")[0], "libraries": library_versions(),
                     "gpu": torch.cuda.get_device_name(self.device) if torch.cuda.is_available() else ""}
-        return {"device": "cpu", "threads": self.build_threads or torch.get_num_threads(), "torch": torch.__version__}
+        return {"device": "cpu", "threads": self.build_threads or torch.get_num_threads(), "libraries": library_versions()}
 
     def code_of(self, module: str) -> str:
         """Fingerprint of the code behind an artefact: the reference package (models, training, sampling), the

@@ -21,6 +21,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "clipgen-bench").expanduser()
 
 
+# Libraries whose arithmetic or data handling shapes a trained artefact, a statistic or a number: their versions
+# join the cache keys and every results row (an upgrade may move a number; pyproject only bounds them).
+LIBRARIES = ("torch", "torchvision", "open_clip_torch", "timm", "torch-fidelity", "numpy", "scipy", "pillow", "triton")
+
+
+@functools.lru_cache(maxsize=1)
+def library_versions() -> dict[str, str]:
+    """Installed version of each of LIBRARIES ("absent" when not installed); torch's with its build tag (+cu130)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    import torch
+
+    found = {}
+    for name in LIBRARIES:
+        try:
+            found[name] = torch.__version__ if name == "torch" else version(name)
+        except PackageNotFoundError:
+            found[name] = "absent"
+    return found
+
+
 def key_hash(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

@@ -21,7 +21,7 @@ import pandas as pd
 
 import bench
 from bench.api import UserError
-from bench.cache import atomic_write_bytes, atomic_write_text
+from bench.cache import atomic_write_bytes, atomic_write_text, library_versions
 from bench.suite import args_dict
 
 COLUMNS = ["suite", "suite_version", "system", "system_name", "uses_captions", "metric", "variant", "value", "n",
@@ -43,9 +43,7 @@ def git_sha() -> str:
 
 @functools.lru_cache(maxsize=1)
 def versions() -> str:
-    import torch
-
-    return json.dumps({"bench": bench.__version__, "torch": torch.__version__, "python": platform.python_version()},
+    return json.dumps({"bench": bench.__version__, "python": platform.python_version(), **library_versions()},
                       sort_keys=True)
 
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import bench.build
+import bench.cache
 from bench.build import Builder, NeedsTraining
 from bench.build_pool import build_order, prebuild
 from bench.datasets.base import build_dataset
@@ -82,6 +83,25 @@ def test_the_cache_key_names_the_training_threads(suite_file, tmp_path):
 
     assert [cached(1), cached(2), cached(1), cached(2)] == [1, 2, 1, 2]
     assert trained == [1, 2]  # each thread count trained once, then loaded
+
+
+def test_the_cache_key_names_the_library_versions(suite_file, tmp_path, monkeypatch):
+    """An upgraded numeric library (open_clip's tokenizer, torch's kernels, ...) retrains instead of reusing."""
+    suite = load_suite(suite_file)
+    dataset = build_dataset(suite.dataset)
+    trained = []
+
+    def cached():
+        builder = Builder(suite, dataset, "cpu", str(tmp_path), progress=False, build_threads=1)
+        return builder.cached("thing", {"a": 1}, train=lambda: trained.append(1) or len(trained),
+                              save=lambda obj, d: Path(d, "v").write_text(str(obj)),
+                              load=lambda d: int(Path(d, "v").read_text()))
+
+    assert [cached(), cached()] == [1, 1]
+    versions = bench.cache.library_versions()
+    assert versions["torch"] == torch.__version__ and versions["open_clip_torch"] != "absent"
+    monkeypatch.setattr(bench.build, "library_versions", lambda: {**versions, "open_clip_torch": "0.0.1"})
+    assert cached() == 2
 
 
 def test_the_cache_key_names_the_code(suite_file, tmp_path, monkeypatch):

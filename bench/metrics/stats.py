@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from bench.api import RunContext, SampleBatch
-from bench.cache import atomic_write_bytes, code_fingerprint, key_hash
+from bench.cache import atomic_write_bytes, code_fingerprint, key_hash, library_versions
 from bench.features import build_extractor, gaussian_blur
 
 STATS_FORMAT = 1  # bump when the stored layout changes (the code computing it is in the key)
@@ -134,7 +134,7 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
     """
     key = {"format": STATS_FORMAT, "reference": ctx.reference_key(), "extractor": extractor.identity(),
            "blur": blur, "code": code_fingerprint(__name__, type(extractor).__module__, *ctx.dataset.code_modules()),
-           "device": ctx.device.split(":")[0], "batch_size": batch_size, "torch": torch.__version__}
+           "device": ctx.device.split(":")[0], "batch_size": batch_size, "libraries": library_versions()}
     path = Path(ctx.cache_dir) / "stats" / f"{key_hash(key)}.npz"
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
