@@ -73,3 +73,23 @@ def test_class_accuracy_single_attribute(tmp_path):
     rows = {r.variant: r for r in metric.compute(ctx)}
     assert set(rows) == {"test/all", "all/all", "judge-on-real/all"}
     assert rows["test/all"].value == pytest.approx(0.5) and rows["test/all"].metric == "class-accuracy"
+
+
+def test_judge_on_real_follows_the_eval_captions_not_only_the_identity(tmp_path):
+    """shapes' identity leaves out num_captions (its captions are prefixes of one cycle): the judge's real-image
+    accuracy, memoised on the judge, must still be the one of the captions asked for."""
+    from bench.datasets.shapes import ShapesDataset
+    from bench.metrics.accuracy import judge_on_real
+
+    class ShapeJudge:
+        def predict(self, images, batch_size=256):
+            return {"colour": torch.zeros(len(images), dtype=torch.long)}
+
+        def labels(self, infos):
+            return {"colour": torch.tensor([0 if i["colour"] == "red" else 1 for i in infos])}
+
+    judge = ShapeJudge()
+    small, large = ShapesDataset(resolution=16, num_captions=4), ShapesDataset(resolution=16, num_captions=12)
+    assert small.identity() == large.identity()
+    assert len(judge_on_real(judge, make_ctx(small, tmp_path))["all"]) == 4
+    assert len(judge_on_real(judge, make_ctx(large, tmp_path))["all"]) == 12

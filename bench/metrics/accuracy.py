@@ -34,9 +34,10 @@ def missing_resources(args: AccuracyArgs) -> list[str]:
 def judge_on_real(judge, ctx: RunContext) -> dict[str, torch.Tensor]:
     """attribute -> bool [n] correctness on real renders of the eval captions, plus "all"; memoised per dataset."""
     memo = judge.__dict__.setdefault("_bench_real_memo", {})
-    ident = repr(sorted(ctx.dataset.identity().items()))
+    items = ctx.dataset.eval_captions()
+    # the identity need not name the captions' count (shapes' captions are prefixes of one cycle)
+    ident = repr((sorted(ctx.dataset.identity().items()), [(it.caption_id, it.caption) for it in items]))
     if ident not in memo:
-        items = ctx.dataset.eval_captions()
         real = ctx.dataset.real_images(items, [0] * len(items))
         memo[ident] = correctness(judge, real, [it.info for it in items])
     return memo[ident]
