@@ -131,7 +131,7 @@ class ComponentSpec:
 class BuildContext(Protocol):
     """What component and system factories get (implemented in bench/build.py)."""
 
-    dataset: Any  # bench.datasets.base.Dataset
+    dataset: Any  # bench.datasets.base.Dataset; a ReadsOnly view of it for a factory that declares `reads`
     device: str
     cache_dir: str
     progress: bool  # training may show progress bars (False under `bench run --quiet`)
@@ -147,7 +147,7 @@ class BuildContext(Protocol):
         `key` must name everything else that shapes the artefact (spec, dependencies' keys); the data
         (the splits the factory declares in `factory.reads`, e.g. `("train",)`, else the whole
         dataset identity), the code, `kind` and where it is trained (device type, CPU thread count,
-        torch version) are added for you. A factory that declares `reads` sees a `ctx.dataset` that
+        library versions) are added for you. A factory that declares `reads` sees a `ctx.dataset` that
         refuses every other split, so its key cannot miss data it read.
         `save(obj, dir)` writes files into a fresh temp dir; `load(dir)` reads them.
         """

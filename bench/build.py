@@ -9,7 +9,7 @@ import torch
 
 from bench.api import UserError
 from bench.cache import artefact_dir, cached_artefact, code_fingerprint, key_hash, library_versions, path_stamp
-from bench.datasets.base import ReadsOnly
+from bench.datasets.base import ReadsOnly, check_reads
 from bench.registry import COMPONENTS, SYSTEMS
 from bench.suite import Suite, args_dict, path_args
 
@@ -86,7 +86,7 @@ class Builder:
         reads = getattr(self._factory(item), "reads", None)
         if reads is None:
             return {"all": self._dataset.identity()}
-        return {split: self._dataset.split_identity(split) for split in reads}
+        return {split: self._dataset.split_identity(split) for split in check_reads(reads, f"{item[0]} {item[1]!r}")}
 
     @property
     def dataset(self) -> Any:
@@ -95,7 +95,7 @@ class Builder:
             reads = getattr(self._factory(self._building[-1]), "reads", None)
             if reads is not None:
                 kind, name = self._building[-1]
-                return ReadsOnly(self._dataset, reads, f"{kind} {name!r}")
+                return ReadsOnly(self._dataset, check_reads(reads, f"{kind} {name!r}"), f"{kind} {name!r}")
         return self._dataset
 
     def _cycle(self, item: Item) -> str:

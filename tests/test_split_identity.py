@@ -154,6 +154,12 @@ def test_a_factory_reading_an_undeclared_split_fails_before_training(tmp_path, m
     assert builder.dataset is builder._dataset  # outside a build, the dataset itself
     guarded = Builder(suite, builder._dataset, "cpu", str(tmp_path / "cache"), progress=False)
     guarded._building.append(("system", "lf"))
-    for read in (lambda d: d.pairs(), lambda d: d.eval_captions()):
+    for read in (lambda d: d.pairs(), lambda d: d.eval_captions(), lambda d: d._eval, lambda d: d.num_captions):
         with pytest.raises(RuntimeError, match="declares reads=\\('train',\\)"):
             read(guarded.dataset)
+    assert guarded.dataset.resolution == 32 and guarded.dataset.train_images().shape[0] == 64
+    # eval data may not shape a trained artefact, and a misspelt split is no split
+    for reads in (("eval",), ("pair",), "train"):
+        monkeypatch.setattr(build_vqgan, "reads", reads)
+        with pytest.raises(ValueError, match="component 'vqgan': reads="):
+            builder.key_of("vqgan")

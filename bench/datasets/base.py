@@ -9,25 +9,37 @@ from torch import Tensor
 from bench.api import CaptionItem
 
 
-# The splits a trained artefact may read, by the Dataset methods that read them. Eval data (captions, real and
-# reference images) never shapes an artefact: a factory declaring `reads` may not touch it (bench/build.py).
-SPLIT_OF = {"train_images": "train", "iter_train_images": "train", "pairs": "pairs",
-            "eval_captions": "eval", "real_images": "eval", "iter_reference_images": "eval", "reference_key": "eval"}
+# The splits a trained artefact may read (a factory's `reads`), by the Dataset methods that read them. Eval data
+# (captions, real and reference images) never shapes a trained artefact.
+SPLITS = ("train", "pairs")
+SPLIT_OF = {"train_images": "train", "iter_train_images": "train", "train_info": "train", "pairs": "pairs"}
+# what any factory may ask of the dataset besides its declared splits: descriptions, not data
+DESCRIPTIONS = ("name", "resolution", "attributes", "identity", "split_identity", "code_modules")
+
+
+def check_reads(reads, who: str) -> tuple[str, ...]:
+    """A factory's `reads`, checked: a tuple of SPLITS."""
+    if isinstance(reads, str) or not all(split in SPLITS for split in reads):
+        raise ValueError(f"{who}: reads={reads!r}; a tuple of the splits {SPLITS} (eval data may not shape a trained "
+                         "artefact; a factory without `reads` is keyed by the whole dataset identity)")
+    return tuple(reads)
 
 
 class ReadsOnly:
-    """The dataset as a factory that declares the splits it reads (`factory.reads`) sees it: reading another split
-    raises, so a trained artefact's key (which names the declared splits) cannot miss data it read."""
+    """The dataset as a factory that declares the splits it reads (`factory.reads`) sees it: the methods of those
+    splits and the descriptions (name, resolution, attributes, identities); everything else raises, so a trained
+    artefact's key (which names the declared splits) cannot miss data it read."""
 
     def __init__(self, dataset, reads: tuple[str, ...], who: str):
         self._dataset, self._reads, self._who = dataset, tuple(reads), who
 
     def __getattr__(self, name: str):
         split = SPLIT_OF.get(name)
-        if split is not None and split not in self._reads:
-            raise RuntimeError(f"{self._who} reads the {split} split ({name}) but declares reads={self._reads}: "
-                               f"add {split!r} to its factory's `reads`, or its cache key would not name that data")
-        return getattr(self._dataset, name)
+        if name in DESCRIPTIONS or split in self._reads:
+            return getattr(self._dataset, name)
+        what = f"the {split} split ({name})" if split else f"{name!r}, which is no split it may read"
+        raise RuntimeError(f"{self._who} reads {what} but declares reads={self._reads}"
+                           + (f": add {split!r} to its factory's `reads`" if split else ""))
 
 
 class Dataset(ABC):

@@ -253,6 +253,8 @@ class FashionMNIST(Dataset):
     def split_identity(self, split: str) -> dict:
         # both splits are slices of the train arrays; pairs add seeded captions from the seen templates
         a = self.args
+        if split not in ("train", "pairs"):
+            raise ValueError(f"fashion-mnist has no split {split!r} to train on")
         ident = {"name": self.name, "split": split, "resolution": a.resolution, "resize": a.resize,
                  "train_limit": a.train_limit, "num_pairs": a.num_pairs, "data_sha256": self.data_sha256()}
         if split == "pairs":
