@@ -130,6 +130,7 @@ def cached_artefact(root: str | Path, kind: str, key: dict, train: Callable[[], 
     full_key = _full_key(kind, key)
     target = artefact_dir(root, kind, key)
     if (target / "key.json").exists():
+        mark_used(target / "key.json")
         return load(str(target))
     obj = train()
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -146,6 +147,14 @@ def cached_artefact(root: str | Path, kind: str, key: dict, train: Callable[[], 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return obj
+
+
+def mark_used(path: Path) -> None:
+    """Set a cached file's mtime to now: the last use `bench cache` reads (a read-only cache keeps the old time)."""
+    try:
+        os.utime(path)
+    except OSError:
+        pass
 
 
 def _umask() -> int:

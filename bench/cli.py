@@ -36,7 +36,7 @@ def ensure_process_env() -> None:
     os.execve(sys.executable, [sys.executable, "-m", "bench", *sys.argv[1:]], env)
 
 
-def _fail(message: str) -> None:
+def fail(message: str) -> None:
     click.echo(f"error: {message}", err=True)
     sys.exit(2)
 
@@ -103,7 +103,7 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
             runner = Runner(suite, fresh=fresh, **common)
             results = runner.run()
     except UserError as err:
-        _fail(str(err))
+        fail(str(err))
     df = results.frame()
     click.echo(f"\n{suite.suite} v{suite.version} ({len(df)} rows) -> {runner.out}/results.csv\n")
     per_caption = load_per_caption(runner.out)
@@ -184,12 +184,12 @@ def report(run_dir, want_latex, paper) -> None:
 
     run_dir = Path(run_dir)
     if not (run_dir / "results.csv").exists() and not (run_dir / "results.parquet").exists():
-        _fail(f"{run_dir} has no results.csv: run `bench run SUITE --out {run_dir}` first")
+        fail(f"{run_dir} has no results.csv: run `bench run SUITE --out {run_dir}` first")
     try:
         df = read_frame(run_dir)
         per_caption = load_per_caption(run_dir)
     except UserError as err:
-        _fail(str(err))
+        fail(str(err))
     if paper:
         from bench.paper import paper_table
 
@@ -224,7 +224,7 @@ def compare(run_dir, baseline_csv, tolerances) -> None:
     try:
         ok, table = compare_run(run_dir, baseline_csv, tolerances)
     except UserError as err:
-        _fail(str(err))
+        fail(str(err))
     click.echo(table)
     sys.exit(0 if ok else 1)
 
@@ -255,7 +255,7 @@ def build_item(suite_path, item, overrides, device, threads) -> None:
         builder = Builder(suite, build_dataset(suite.dataset), device, str(cache_dir()), build_threads=threads)
         builder.build((kind, name))
     except UserError as err:
-        _fail(str(err))
+        fail(str(err))
 
 
 @cli.command()
@@ -281,15 +281,17 @@ def main() -> None:
     from bench.api import UserError
 
     ensure_process_env()
+    from bench.cli_cache import cache
     from bench.cli_convert import convert
     from bench.cli_data import data
 
     cli.add_command(data)
     cli.add_command(convert)
+    cli.add_command(cache)
     try:
         cli(prog_name="bench")
     except UserError as err:  # one the commands do not catch themselves (a plugin that fails to load, say)
-        _fail(str(err))
+        fail(str(err))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from bench.api import RunContext, SampleBatch
-from bench.cache import atomic_write_bytes, code_fingerprint, key_hash, library_versions
+from bench.cache import atomic_write_bytes, code_fingerprint, key_hash, library_versions, mark_used
 from bench.features import build_extractor, gaussian_blur
 
 STATS_FORMAT = 1  # bump when the stored layout changes (the code computing it is in the key)
@@ -139,6 +139,7 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
     if path.is_file():
         with np.load(path, allow_pickle=False) as z:
             if json.loads(str(z["key"])) == json.loads(json.dumps(key, sort_keys=True, default=str)):
+                mark_used(path)
                 return FeatureStats(z["features"], z["mu"], z["sigma"]), True
     chunks = []
     for images in ctx.iter_reference_images(batch_size):

@@ -1,0 +1,253 @@
+"""`bench cache ls | prune` over a synthetic cache, and the last-use stamps that loads leave."""
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from bench.cache import cached_artefact
+from bench.cli_cache import cache
+from bench.metrics.stats import reference_stats
+from metrics_testing import TensorDataset, make_ctx
+
+MiB = 1024 * 1024
+DAY = 86400
+CLIP_KEY = {"args": {"preset": "tiny", "steps": 150, "seed": 0},
+            "data": {"pairs": {"dataset": "shapes", "split": "pairs", "pairs_size": 12000}},
+            "trained_on": {"device": "cpu", "threads": 2}, "code": "0123456789abcdef0123"}
+VQGAN_KEY = {"train": {"preset": "small", "steps": None}, "data": {"train": {"train_source": {"name": "imagefolder", "count": 9}}},
+             "trained_on": {"device": "cuda", "gpu": "H200"}, "code": "0123456789abcdef0123"}
+STATS_KEY = {"reference": {"dataset": "shapes", "split": "test", "count": 256},
+             "extractor": {"features": "inception"}, "blur": 0}
+
+
+def _set_mtime(path: Path, seconds_ago: float) -> float:
+    t = time.time() - seconds_ago
+    os.utime(path, (t, t))
+    return t
+
+
+def artefact(root: Path, kind: str, name: str, key: dict, size: int, used_days_ago: float = 0.0) -> Path:
+    folder = root / kind / name
+    folder.mkdir(parents=True)
+    (folder / "weights.safetensors").write_bytes(b"\0" * size)
+    (folder / "key.json").write_text(json.dumps({"kind": kind, "key": key, "bench_version": "0.1.0"}))
+    _set_mtime(folder / "key.json", used_days_ago * DAY)
+    return folder
+
+
+def stats(root: Path, name: str, size: int, used_days_ago: float = 0.0) -> Path:
+    path = root / "stats" / f"{name}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, features=np.zeros(size // 8), key=np.array(json.dumps(STATS_KEY)))
+    _set_mtime(path, used_days_ago * DAY)
+    return path
+
+
+def temp_folder(root: Path, kind: str, name: str, age_s: float) -> Path:
+    folder = root / kind / name
+    folder.mkdir(parents=True)
+    (folder / "half-written.bin").write_bytes(b"\0" * 1000)
+    _set_mtime(folder / "half-written.bin", age_s)
+    _set_mtime(folder, age_s)
+    return folder
+
+
+def bench_cache(root: Path, *args: str):
+    return CliRunner().invoke(cache, list(args), env={"BENCH_CACHE": str(root)})
+
+
+@pytest.fixture
+def filled(tmp_path) -> Path:
+    """clip: two artefacts (used 10 and 40 days ago), vqgan: one (used now) and a temp folder, stats: one file."""
+    root = tmp_path / "cache"
+    artefact(root, "clip", "a" * 20, CLIP_KEY, MiB, used_days_ago=10)
+    artefact(root, "clip", "b" * 20, CLIP_KEY, MiB, used_days_ago=40)
+    artefact(root, "vqgan", "c" * 20, VQGAN_KEY, 2 * MiB)
+    temp_folder(root, "vqgan", f".{'d' * 20}.x1y2z3", age_s=2 * 3600)
+    stats(root, "e" * 20, MiB // 2, used_days_ago=3)
+    return root
+
+
+def test_ls_lists_every_entry_by_kind_then_last_use_with_a_total(filled):
+    result = bench_cache(filled, "ls")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].split() == ["KIND", "HASH", "SIZE", "CREATED", "LAST", "USED", "SUMMARY"]
+    assert [line.split()[:2] for line in lines[1:-1]] == [
+        ["clip", "b" * 20], ["clip", "a" * 20], ["stats", "e" * 20], ["vqgan", f".{'d' * 20}.x1y2z3"],
+        ["vqgan", "c" * 20]]
+    clip_old = lines[1]
+    assert "1.0 MiB" in clip_old
+    assert time.strftime("%Y-%m-%d", time.localtime(time.time() - 40 * DAY)) in clip_old
+    assert clip_old.endswith("preset=tiny steps=150 data=shapes/pairs on=cpu")
+    assert lines[3].endswith("reference=shapes/test n=256 features=inception blur=0")
+    assert lines[4].endswith("incomplete")
+    assert lines[5].endswith("preset=small data=imagefolder/train on=cuda")  # steps None: the preset's, not shown
+    assert lines[-1] == f"5 entries, 4.5 MiB in {filled} (1 incomplete)"
+
+
+def test_ls_of_one_kind(filled):
+    result = bench_cache(filled, "ls", "--kind", "clip")
+    assert result.exit_code == 0
+    assert [line.split()[0] for line in result.output.splitlines()[1:-1]] == ["clip", "clip"]
+    assert result.output.splitlines()[-1] == f"2 entries, 2.0 MiB in {filled}"
+
+
+@pytest.mark.parametrize("make", [lambda root: None, lambda root: root.mkdir()], ids=["missing", "empty"])
+def test_ls_of_a_missing_or_empty_cache_says_so(tmp_path, make):
+    root = tmp_path / "cache"
+    make(root)
+    result = bench_cache(root, "ls")
+    assert result.exit_code == 0
+    assert result.output == f"nothing cached in {root}\n"
+
+
+def test_prune_by_age_removes_only_entries_unused_that_long(filled):
+    result = bench_cache(filled, "prune", "--unused-for", "30", "--yes")
+    assert result.exit_code == 0, result.output
+    assert not (filled / "clip" / ("b" * 20)).exists()
+    assert sorted(p.name for p in (filled / "clip").iterdir()) == ["a" * 20]  # no renamed leftover either
+    assert (filled / "stats" / f"{'e' * 20}.npz").exists() and (filled / "vqgan" / ("c" * 20)).exists()
+    assert (filled / "vqgan" / f".{'d' * 20}.x1y2z3").exists()  # incomplete ones only with --incomplete
+    lines = result.output.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("removed  clip  " + "b" * 20)
+    assert lines[1] == "freed 1.0 MiB"
+
+
+def test_prune_by_age_reaches_a_statistics_file_by_its_mtime(filled):
+    path = filled / "stats" / f"{'e' * 20}.npz"
+    size = path.stat().st_size
+    result = bench_cache(filled, "prune", "--unused-for", "2.5", "--kind", "stats", "--yes")
+    assert result.exit_code == 0, result.output
+    assert not path.exists() and list((filled / "stats").iterdir()) == []
+    assert result.output.splitlines()[-1] == f"freed {size / 1024:.1f} KiB"
+
+
+def test_dry_run_lists_but_removes_nothing(filled):
+    before = sorted(filled.rglob("*"))
+    result = bench_cache(filled, "prune", "--all", "--dry-run")  # no --yes needed, and stdin is not a terminal
+    assert result.exit_code == 0, result.output
+    assert sorted(filled.rglob("*")) == before
+    lines = result.output.splitlines()
+    assert [line.split()[2] for line in lines[:-1]] == ["clip", "clip", "stats", "vqgan"]
+    assert all(line.startswith("would remove  ") for line in lines[:-1])
+    assert lines[-1] == "would free 4.5 MiB (4 entries)"
+
+
+def test_prune_all_of_one_kind_leaves_the_other_kinds(filled):
+    result = bench_cache(filled, "prune", "--all", "--kind", "clip", "--yes")
+    assert result.exit_code == 0, result.output
+    assert list((filled / "clip").iterdir()) == []
+    assert (filled / "vqgan" / ("c" * 20)).exists() and (filled / "stats" / f"{'e' * 20}.npz").exists()
+    assert result.output.splitlines()[-1] == "freed 2.0 MiB"
+
+
+def test_prune_incomplete_takes_only_temp_folders_older_than_an_hour(filled):
+    fresh = temp_folder(filled, "clip", f".{'f' * 20}.q8r9s0", age_s=600)  # a run may still be writing it
+    result = bench_cache(filled, "prune", "--incomplete", "--yes")
+    assert result.exit_code == 0, result.output
+    assert not (filled / "vqgan" / f".{'d' * 20}.x1y2z3").exists()
+    assert fresh.exists()
+    assert (filled / "clip" / ("b" * 20)).exists()  # 40 days unused, but complete
+    assert sorted(p.name for p in (filled / "vqgan").iterdir()) == ["c" * 20]
+
+
+def test_prune_without_yes_on_a_non_terminal_refuses_and_removes_nothing(filled):
+    before = sorted(filled.rglob("*"))
+    result = bench_cache(filled, "prune", "--all")
+    assert result.exit_code == 2
+    assert len(result.output.splitlines()) == 1 and "--yes" in result.output
+    assert sorted(filled.rglob("*")) == before
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["prune", "--kind", "clip"], "--unused-for DAYS, --all or --incomplete"),
+    (["prune", "--unused-for", "-1", "--yes"], "--unused-for wants days >= 0, got -1"),
+    (["prune", "--all", "--kind", "gpt", "--yes"], "no kind 'gpt'"),
+    (["ls", "--kind", "gpt"], "kinds present: clip, stats, vqgan"),
+])
+def test_bad_input_is_one_line_and_exit_2(filled, args, needle):
+    before = sorted(filled.rglob("*"))
+    result = bench_cache(filled, *args)
+    assert result.exit_code == 2
+    assert len(result.output.splitlines()) == 1 and needle in result.output, result.output
+    assert sorted(filled.rglob("*")) == before
+
+
+@pytest.mark.parametrize("command", [["ls"], ["prune", "--all", "--yes"]])
+def test_a_cache_path_that_is_a_file_is_exit_2(tmp_path, command):
+    (tmp_path / "cache").write_text("")
+    result = bench_cache(tmp_path / "cache", *command)
+    assert result.exit_code == 2
+    assert result.output == f"error: the cache {tmp_path / 'cache'} (BENCH_CACHE) is a file, not a folder\n"
+
+
+def test_bench_has_the_cache_command(tmp_path, monkeypatch, capsys):
+    from bench.cli import main
+
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "none"))
+    monkeypatch.setattr(sys, "argv", ["bench", "cache", "ls"])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out == f"nothing cached in {tmp_path / 'none'}\n"
+
+
+# ---- last use: a load sets the mtime that `bench cache` reads ----------------------------------------------------
+def _cached_text(root: Path, loads: list[str]) -> str:
+    def save(obj: str, folder: str) -> None:
+        Path(folder, "obj.txt").write_text(obj)
+
+    def load(folder: str) -> str:
+        loads.append(folder)
+        return Path(folder, "obj.txt").read_text()
+
+    return cached_artefact(root, "thing", {"n": 1}, lambda: "trained", save, load)
+
+
+def test_loading_an_artefact_marks_its_key_json_used(tmp_path):
+    loads: list[str] = []
+    assert _cached_text(tmp_path, loads) == "trained" and loads == []
+    key_json = Path(next((tmp_path / "thing").iterdir()), "key.json")
+    old = _set_mtime(key_json, 30 * DAY)
+    assert _cached_text(tmp_path, loads) == "trained" and len(loads) == 1
+    assert key_json.stat().st_mtime > old + 29 * DAY
+
+
+def test_a_load_from_a_cache_it_cannot_stamp_still_loads(tmp_path, monkeypatch):
+    loads: list[str] = []
+    _cached_text(tmp_path, loads)
+
+    def read_only(*args, **kwargs):
+        raise PermissionError("read-only file system")
+
+    monkeypatch.setattr(os, "utime", read_only)
+    assert _cached_text(tmp_path, loads) == "trained" and len(loads) == 1
+
+
+class MeanColour:
+    """A feature extractor for the test: each image's mean colour."""
+
+    def identity(self) -> dict:
+        return {"features": "mean-colour"}
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return images.float().mean(dim=(2, 3))
+
+
+def test_loading_reference_statistics_marks_the_file_used(tmp_path):
+    reference = torch.randint(0, 256, (6, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ctx = make_ctx(TensorDataset(reference), str(tmp_path))
+    assert reference_stats(ctx, MeanColour(), 0, 4)[1] is False
+    (path,) = (tmp_path / "stats").glob("*.npz")
+    old = _set_mtime(path, 30 * DAY)
+    assert reference_stats(ctx, MeanColour(), 0, 4)[1] is True
+    assert path.stat().st_mtime > old + 29 * DAY
