@@ -70,51 +70,44 @@ def test_missing_artefacts_raise_needs_training_for_the_innermost_item(suite_fil
     assert not (tmp_path / "cache").exists()  # nothing was trained
 
 
-def test_the_cache_key_names_the_training_threads(suite_file, tmp_path):
+def counting_cache(suite_file, cache):
+    """`cached(threads)`: Builder.cached of one artefact whose value is how many trainings happened before it was
+    saved (so a load returns an earlier number), and the builder."""
     suite = load_suite(suite_file)
     dataset = build_dataset(suite.dataset)
     trained = []
 
-    def cached(threads):
-        builder = Builder(suite, dataset, "cpu", str(tmp_path), progress=False, build_threads=threads)
-        return builder.cached("thing", {"a": 1}, train=lambda: trained.append(threads) or threads,
-                              save=lambda obj, d: Path(d, "v").write_text(str(obj)),
-                              load=lambda d: int(Path(d, "v").read_text()))
+    def cached(threads: int = 1):
+        builder = Builder(suite, dataset, "cpu", str(cache), progress=False, build_threads=threads)
+        value = builder.cached("thing", {"a": 1}, train=lambda: trained.append(1) or len(trained),
+                               save=lambda obj, d: Path(d, "v").write_text(str(obj)),
+                               load=lambda d: int(Path(d, "v").read_text()))
+        return value, builder
 
-    assert [cached(1), cached(2), cached(1), cached(2)] == [1, 2, 1, 2]
-    assert trained == [1, 2]  # each thread count trained once, then loaded
+    return cached
+
+
+def test_the_cache_key_names_the_training_threads(suite_file, tmp_path):
+    cached = counting_cache(suite_file, tmp_path)
+    assert [cached(threads)[0] for threads in (1, 2, 1, 2)] == [1, 2, 1, 2]  # each trained once, then loaded
 
 
 def test_the_cache_key_names_the_library_versions(suite_file, tmp_path, monkeypatch):
     """An upgraded numeric library (open_clip's tokenizer, torch's kernels, ...) retrains instead of reusing."""
-    suite = load_suite(suite_file)
-    dataset = build_dataset(suite.dataset)
-    trained = []
-
-    def cached():
-        builder = Builder(suite, dataset, "cpu", str(tmp_path), progress=False, build_threads=1)
-        return builder.cached("thing", {"a": 1}, train=lambda: trained.append(1) or len(trained),
-                              save=lambda obj, d: Path(d, "v").write_text(str(obj)),
-                              load=lambda d: int(Path(d, "v").read_text()))
-
-    assert [cached(), cached()] == [1, 1]
+    cached = counting_cache(suite_file, tmp_path)
+    assert [cached()[0], cached()[0]] == [1, 1]
     versions = bench.cache.library_versions()
     assert versions["torch"] == torch.__version__ and versions["open_clip_torch"] != "absent"
     monkeypatch.setattr(bench.build, "library_versions", lambda: {**versions, "open_clip_torch": "0.0.1"})
-    assert cached() == 2
+    assert cached()[0] == 2
 
 
 def test_the_cache_key_names_the_code(suite_file, tmp_path, monkeypatch):
     """Editing the code behind an artefact (reference/, its component's module, the dataset's) retrains it."""
-    suite = load_suite(suite_file)
-    dataset = build_dataset(suite.dataset)
-    trained = []
+    counted = counting_cache(suite_file, tmp_path)
 
     def cached():
-        builder = Builder(suite, dataset, "cpu", str(tmp_path), progress=False, build_threads=1)
-        value = builder.cached("thing", {"a": 1}, train=lambda: trained.append(1) or len(trained),
-                               save=lambda obj, d: Path(d, "v").write_text(str(obj)),
-                               load=lambda d: int(Path(d, "v").read_text()))
+        value, builder = counted()
         return value, builder.key_of("vqgan")
 
     (first, vqgan_key), (again, same_key) = cached(), cached()
@@ -123,7 +116,7 @@ def test_the_cache_key_names_the_code(suite_file, tmp_path, monkeypatch):
     real = bench.build.code_fingerprint
     monkeypatch.setattr(bench.build, "code_fingerprint", lambda *mods: seen.append(mods) or real(*mods) + "-edited")
     edited, edited_key = cached()
-    assert edited == 2 and trained == [1, 1] and edited_key != vqgan_key
+    assert edited == 2 and edited_key != vqgan_key  # trained a second time
     assert all("reference" in mods and "bench.datasets.shapes" in mods for mods in seen)
     assert ("reference", "bench.components.vqgan_component", "bench.datasets.shapes") in seen
 
