@@ -49,6 +49,18 @@ def test_concurrent_processes_add_up_sequential_ones_do_not(tmp_path):
         "images/s"].value == pytest.approx(20 / 3.5)
 
 
+def test_a_resume_under_other_settings_does_not_blend_them(tmp_path):
+    ds = TensorDataset(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+    first = [TimingRecord(1.0, 8, batch_size=8, threads=2, start=10.0 + i) for i in range(3)]  # 8 images/s
+    resumed = [TimingRecord(1.0, 32, batch_size=32, threads=2, start=100.0 + i) for i in range(2)]  # 32 images/s
+    # another shard, on a machine with another thread count, keeps its own calls
+    shard = [TimingRecord(2.0, 8, batch_size=8, threads=4, process=1, start=200.0)]
+    rows = {r.variant: r for r in build_throughput(None).compute(make_ctx(ds, tmp_path, timings=first + resumed + shard))}
+    assert rows["images/s"].value == pytest.approx((64 + 8) / 4.0) and rows["images/s"].n == 72
+    assert rows["images/s"].extra["dropped_calls"] == 3 and rows["images/s"].extra["batch_sizes"] == [8, 32]
+    assert rows["images/s"].extra["process_images_per_s"] == [32.0, 4.0]
+
+
 def test_peak_memory_restarts_for_each_generation():
     """The runner resets the peak before each system's generation, so its row is not the training's peak."""
     import mmap

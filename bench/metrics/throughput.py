@@ -8,6 +8,9 @@ and "tokens/s" count all of them together: images over the wall time during whic
 was inside a timed call (the union of the calls' intervals), so concurrent processes add up and shards
 run one after another do not. "seconds/image" stays the time one process spends per image (the calls'
 seconds summed over processes, over images); extra "process_images_per_s" gives each process's own rate.
+A run resumed with another batch size, thread count or device times its calls under the new settings; each
+process's earlier calls under other settings are left out (extra "dropped_calls"), so a number never blends two
+settings.
 "peak-memory-bytes" is the highest peak of the timed calls, each system's and seed's generation measured
 from a fresh start (the runner resets it): CUDA memory allocated by tensors, or on a CPU the process's
 resident set (which includes the models and whatever the allocator kept from training).
@@ -20,6 +23,17 @@ from bench.registry import METRICS
 
 def missing_resources(args) -> list[str]:
     return []
+
+
+def latest_settings_only(timings: list[TimingRecord]) -> list[TimingRecord]:
+    """Each process's calls made with the batch size, threads and device of its latest call."""
+    def settings(t: TimingRecord) -> tuple:
+        return t.batch_size, t.threads, t.device
+
+    latest = {}
+    for t in sorted(timings, key=lambda t: t.start):  # stable: undated (older) records keep their order first
+        latest[t.process] = settings(t)
+    return [t for t in timings if settings(t) == latest[t.process]]
 
 
 def busy_seconds(timings: list[TimingRecord]) -> float:
@@ -40,9 +54,10 @@ class Throughput:
         pass  # everything comes from ctx.timings
 
     def compute(self, ctx: RunContext) -> list[MetricValue]:
-        timings = list(ctx.timings)
+        timings = latest_settings_only(list(ctx.timings))
         if not timings:
             return []  # nothing was timed (e.g. samples loaded from a resumed run): no speed to report
+        dropped = len(ctx.timings) - len(timings)
         seconds = sum(t.seconds for t in timings)
         busy = busy_seconds(timings)
         images = sum(t.images for t in timings)
@@ -56,7 +71,8 @@ class Throughput:
                  "devices": sorted({t.device for t in timings}),
                  "threads": sorted({t.threads for t in timings}),
                  "calls": len(timings), "seconds": seconds, "busy_seconds": busy,
-                 "processes": len(per_process), "process_images_per_s": list(per_process.values())}
+                 "processes": len(per_process), "process_images_per_s": list(per_process.values()),
+                 "dropped_calls": dropped}
         rows = [MetricValue("throughput", "images/s", images / busy if busy > 0 else float("inf"), images, extra),
                 MetricValue("throughput", "seconds/image", seconds / images if images else float("nan"), images, extra)]
         if tokens:
