@@ -153,7 +153,9 @@ def ls_() -> None:
                        ("component kinds", COMPONENTS)):
         click.echo(f"{title}:")
         for e in reg.entries():
-            click.echo(f"  {e.name:<22} {e.description}")
+            reads = getattr(e.factory, "reads", None)  # the data a trained one is keyed by (Builder.data_key)
+            trains_on = f" [trains on: {' + '.join(reads)}]" if reads else ""
+            click.echo(f"  {e.name:<22} {e.description}{trains_on}")
     from reference.clip import PRESETS as CLIP_PRESETS
     from reference.configs import PRESETS
 

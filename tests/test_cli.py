@@ -41,6 +41,9 @@ def test_ls_lists_every_registry_with_descriptions():
     for name in ("shapes", "fashion-mnist", "mscoco", "clipgen", "vqgan-clip", "fd", "kid", "clip-score", "caps",
                  "attribute-accuracy", "throughput", "training-probe", "tiny", "paper"):
         assert f"  {name} " in result.output, name
+    lines = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("  ")}
+    assert lines["vqgan"].endswith("[trains on: train]") and lines["clipgen-text"].endswith("[trains on: pairs]")
+    assert "trains on" not in lines["real-images"]
 
 
 def test_bench_reexecs_itself_with_the_process_settings_and_keeps_the_users_own():
