@@ -163,3 +163,12 @@ def test_a_factory_reading_an_undeclared_split_fails_before_training(tmp_path, m
         monkeypatch.setattr(build_vqgan, "reads", reads)
         with pytest.raises(ValueError, match="component 'vqgan': reads="):
             builder.key_of("vqgan")
+
+
+def test_the_language_free_parts_may_read_no_caption():
+    """What makes CLIP-GEN language-free, enforced: the VQGAN and the GPT train on the image-only split, and a read
+    of the pairs (or of eval captions) while building them raises (test above)."""
+    from bench.systems.clipgen import build_clipgen, build_clipgen_text
+
+    assert build_vqgan.reads == ("train",) and build_clipgen.reads == ("train",)
+    assert build_clipgen_text.reads == ("pairs",)  # the text-supervised upper bound does read captions
