@@ -88,7 +88,26 @@ def _means(df: pd.DataFrame) -> dict[tuple[str, str, str], float]:
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
     """The columns a gate needs, value numeric (bench.results.read_results_csv: UserError otherwise)."""
-    return read_results_csv(path, what, ("system", "metric", "variant", "value", "source"))
+    return read_results_csv(path, what, ("suite", "system", "metric", "variant", "value", "n", "source"))
+
+
+def _check_comparable(run: pd.DataFrame, base: pd.DataFrame, run_dir: Path, baseline_csv: Path) -> None:
+    """A run of another suite, or of the same suite on fewer captions (--limit, --set), is no regression: bad input."""
+    def measured(df):
+        df = df[df["source"] == "measured"].copy()
+        df["variant"] = df["variant"].fillna("").astype(str)
+        return df
+
+    run, base = measured(run), measured(base)
+    suites = [sorted(set(df["suite"].fillna("").astype(str))) for df in (run, base)]
+    if suites[0] != suites[1]:
+        raise UserError(f"{run_dir} is a run of suite {', '.join(suites[0]) or '?'} but {baseline_csv} holds "
+                        f"{', '.join(suites[1]) or '?'}: compare a run of the baseline's suite")
+    sizes = [df.groupby(["system", "metric", "variant"])["n"].apply(lambda n: sorted(set(n))) for df in (run, base)]
+    for key, n in sizes[0].items():
+        if key in sizes[1] and n != sizes[1][key]:
+            raise UserError(f"{key[0]} {key[1]}/{key[2]}: the run measured n={n} but the baseline n={sizes[1][key]} "
+                            f"(a --limit or --set run?): compare runs made with the same settings")
 
 
 def compare_run(run_dir: str | Path, baseline_csv: str | Path, tolerances: str | Path | None = None) -> tuple[bool, str]:
@@ -97,6 +116,7 @@ def compare_run(run_dir: str | Path, baseline_csv: str | Path, tolerances: str |
     base = _read_csv(baseline_csv, "baseline")
     tol_path = Path(tolerances) if tolerances else baseline_csv.with_name(baseline_csv.stem + ".tolerances.yaml")
     gates = load_gates(tol_path)
+    _check_comparable(run, base, run_dir, baseline_csv)
     run_m, base_m = _means(run), _means(base)
     lines = []
     failed = 0

@@ -73,7 +73,8 @@ def test_a_gated_number_missing_from_the_run_fails(setup):
     assert not ok and "missing from the run" in table
 
 
-@pytest.mark.parametrize("breakage", ["no-run", "bad-tolerances", "not-a-csv", "gate-matches-nothing"])
+@pytest.mark.parametrize("breakage", ["no-run", "bad-tolerances", "not-a-csv", "gate-matches-nothing", "other-suite",
+                                      "fewer-captions"])
 def test_bad_input_exits_2(setup, breakage):
     run_dir = setup / "run"
     _rows({("g", "attribute-accuracy", "seen/all"): [0.81], ("g", "fd-effnet-lite0", "blur=0"): [50.0]}).to_csv(
@@ -84,6 +85,10 @@ def test_bad_input_exits_2(setup, breakage):
         (setup / "base.tolerances.yaml").write_text("gates: [{metric: x}]\n")
     elif breakage == "not-a-csv":
         (run_dir / "results.csv").write_text("just,some\n1,2\n")
+    elif breakage in ("other-suite", "fewer-captions"):  # no regression: another suite, or a --limit run
+        df = pd.read_csv(run_dir / "results.csv")
+        df[{"other-suite": "suite", "fewer-captions": "n"}[breakage]] = {"other-suite": "quickstart", "fewer-captions": 4}[breakage]
+        df.to_csv(run_dir / "results.csv", index=False)
     else:
         (setup / "base.tolerances.yaml").write_text("gates: [{metric: kid, better: lower, max_move: 1}]\n")
     result = CliRunner().invoke(cli, ["compare", str(run_dir), str(setup / "base.csv")])
