@@ -39,8 +39,10 @@ from bench.suite import Suite, args_dict, path_args, references
 
 
 def is_run_folder(path: Path) -> bool:
-    """Whether `path` holds a bench run (what --fresh may delete)."""
-    return any((path / name).exists() for name in ("suite.resolved.json", "samples", "results.csv"))
+    """Whether `path` holds a bench run or what one left (what --fresh may delete): an empty folder counts, and so
+    does one holding only the logs of a run stopped while training."""
+    made_by_bench = ("suite.resolved.json", "samples", "results.csv", "build-logs", "shard-logs")
+    return path.is_dir() and (not any(path.iterdir()) or any((path / name).exists() for name in made_by_bench))
 
 
 def caption_seed(seed: int, caption_id: int) -> int:
@@ -206,7 +208,10 @@ class Runner:
                                 f"suite.resolved.json, samples/ or results.csv): choose another --out or empty it yourself")
             shutil.rmtree(self.out)
         created = not self.out.exists()
-        self.out.mkdir(parents=True, exist_ok=True)
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise UserError(f"cannot make the run folder {self.out}: {err.strerror} (--out)") from None
         try:
             builder = ready_builder(self.suite, dataset, self.device, self.cache, self.progress, self.build_workers,
                                     self.out / "build-logs")

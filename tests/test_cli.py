@@ -80,6 +80,21 @@ def test_fresh_refuses_a_folder_that_holds_no_run(tmp_path):
     (run / "stray.txt").write_text("x")
     assert CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(run), "--fresh", "--quiet"]).exit_code == 0
     assert not (run / "stray.txt").exists()  # a run folder starts over
+    # what an interrupted run leaves: an empty folder, or only its training logs
+    for left in ("empty", "interrupted"):
+        (tmp_path / left).mkdir()
+        if left == "interrupted":
+            (tmp_path / left / "build-logs").mkdir()
+        result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(tmp_path / left), "--fresh", "--quiet"])
+        assert result.exit_code == 0, result.output
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path):
+    (tmp_path / "afile").write_text("x")
+    result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(tmp_path / "afile" / "sub"), "--quiet"])
+    assert result.exit_code == 2 and result.output.startswith("error: cannot make the run folder"), result.output
+    assert "\n" not in result.output.strip()  # (--out afile itself: click's usage error, exit 2)
+    assert (tmp_path / "afile").read_text() == "x"
 
 
 def test_bad_input_found_while_building_leaves_no_new_folder_and_an_old_one_as_it_was(tmp_path):
