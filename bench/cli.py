@@ -269,13 +269,21 @@ def info() -> None:
     from bench.build_pool import default_build_workers, worker_threads
     from bench.cache import cache_dir
 
-    torch.set_flush_denormal(True)
+    from bench.cache import library_versions
+    from reference.train import native_bf16
+
+    flushed = torch.set_flush_denormal(True)  # as bench run does; False where the CPU cannot
     for k in PROCESS_ENV:
         click.echo(f"{k}={os.environ.get(k, '(unset)')}")
+    click.echo(f"flush_denormal={flushed}")
     click.echo(f"threads={default_threads()}")
     workers = default_build_workers("cpu")
     click.echo(f"build_workers={workers} (threads each: {worker_threads(workers, default_threads())})")
-    click.echo(f"torch={torch.__version__} cuda_available={torch.cuda.is_available()}")
+    bf16 = native_bf16("cpu")
+    click.echo(f"native_bf16(cpu)={bf16} (GPT train precision auto -> {'bf16' if bf16 else 'fp32'} on the CPU; "
+               "the cache key names it)")
+    click.echo(f"cuda_available={torch.cuda.is_available()}")
+    click.echo("libraries=" + " ".join(f"{k}={v}" for k, v in library_versions().items()))
     click.echo(f"BENCH_CACHE={cache_dir()}")
 
 
