@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.results import bootstrap_ci
+from bench.results import BIASED_MARK, biased, bootstrap_ci
 
 FD_METRICS = ("fid", "fd-effnet-lite0", "fd-clip")  # preference order for the FD column
 FD_LABEL = {"fid": "FID", "fd-effnet-lite0": "FD-EffNet", "fd-clip": "FD-CLIP"}
@@ -45,7 +45,8 @@ def cell_stats(df: pd.DataFrame, per_caption: dict, system: str, metric: str, va
         return None
     source = rows["source"].iloc[0]
     values = rows["value"].astype(float).to_numpy()
-    out = {"mean": float(values.mean()), "half": math.nan, "how": "", "source": source, "seeds": len(values)}
+    out = {"mean": float(values.mean()), "half": math.nan, "how": "", "source": source, "seeds": len(values),
+           "biased": "extra" in rows and biased(rows["extra"])}
     if source == "reported":
         return out
     pc = per_caption_values(per_caption, system, metric, variant)
@@ -74,7 +75,7 @@ def _cell_text(st: dict | None, pm: str) -> str:
     text = _fmt(st["mean"])
     if math.isfinite(st["half"]):
         text += pm + _fmt(st["half"]) + (SEED_MARK if st["how"] == "seeds" else "")
-    return text
+    return text + (BIASED_MARK if st.get("biased") else "")
 
 
 # ---- paired comparisons ----------------------------------------------------------------------------
@@ -199,7 +200,8 @@ def _columns(df: pd.DataFrame) -> tuple[str | None, list[tuple[str, str, str]]]:
 
 def _escape_latex(text: str) -> str:
     for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
-                 ("±", "$\\pm$"), ("‡", "$^\\ddagger$"), ("–", "--")):
+                 ("±", "$\\pm$"), ("‡", "$^\\ddagger$"), ("†", "$^\\dagger$"), ("–", "--"), ("·", "$\\cdot$"),
+                 ("√", "$\\surd$")):
         text = text.replace(a, b)
     return text
 
@@ -231,6 +233,8 @@ def paper_table(df: pd.DataFrame, per_caption: dict | None = None, latex: bool =
 
     notes = [f"Measured: mean ± half-width of a 95% interval over seeds and captions (caption bootstrap); "
              f"{SEED_MARK} interval over seeds only, 1.96·std/√seeds (no per-caption values; FD and img/s)."]
+    if any(BIASED_MARK in cell for row in body for cell in row[2:]):
+        notes.append(f"{BIASED_MARK} n not above the feature dimension: FD is biased there, compare only at equal n.")
     if fd is not None:
         notes.append(f"FD columns: {fd} ({'Inception features' if fd == 'fid' else 'not Inception: not comparable with published FID'}), "
                      f"-k = Gaussian blur radius k on both image sets.")

@@ -227,6 +227,14 @@ def _fmt(x: float) -> str:
     return f"{x:.3f}"
 
 
+BIASED_MARK = "†"  # FD from n at or below the feature dimension (metrics/fd.py sets extra.rank_deficient)
+
+
+def biased(extras) -> bool:
+    """Whether any of these rows' `extra` JSON marks its number rank-deficient (FD biased: compare at equal n)."""
+    return any(json.loads(e).get("rank_deficient") for e in extras if isinstance(e, str) and e)
+
+
 def summary(df: pd.DataFrame, per_caption: dict | None = None) -> pd.DataFrame:
     """One row per (system, metric, variant): mean and std over seeds, n, 95% bootstrap interval over captions."""
     per_caption = per_caption or {}
@@ -235,13 +243,12 @@ def summary(df: pd.DataFrame, per_caption: dict | None = None) -> pd.DataFrame:
         variant = "" if (isinstance(variant, float) and math.isnan(variant)) else variant
         key = f"{metric}/{variant}" if variant else metric
         lo, hi = bootstrap_ci(per_caption[(system, key)]) if (system, key) in per_caption else (math.nan, math.nan)
-        extra = [json.loads(e) if isinstance(e, str) and e else {} for e in g["extra"]]
         rows.append({
             "system": system, "source": g["source"].iloc[0], "uses_captions": bool(g["uses_captions"].iloc[0]),
             "metric": metric, "variant": variant, "column": key, "mean": g["value"].mean(),
             "std": g["value"].std(ddof=1) if len(g) > 1 else math.nan, "seeds": len(g), "n": int(g["n"].iloc[0]),
             "ci_lo": lo, "ci_hi": hi, "citation": g["citation"].iloc[0],
-            "flag": "†" if any(e.get("rank_deficient") for e in extra) else "",
+            "flag": BIASED_MARK if biased(g["extra"]) else "",
         })
     return pd.DataFrame(rows)
 
@@ -293,7 +300,7 @@ def markdown(df: pd.DataFrame, per_caption: dict | None = None, headline: bool =
     parts = []
     if not table.empty:
         parts.append(table.to_markdown() + ("\n\nmean ± std over seeds [95% bootstrap interval over captions]; "
-                                            "† n not above the feature dimension (FD is biased there)."))
+                                            f"{BIASED_MARK} n not above the feature dimension (FD is biased there)."))
     components = pivot(df[_is_component(df)])
     if not components.empty:
         parts.append("components:\n\n" + components.to_markdown())

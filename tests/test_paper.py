@@ -81,7 +81,21 @@ def test_latex_table(run):
     df, pc = run
     tex = paper_table(df, pc, latex=True)
     assert tex.startswith("\\begin{tabular}{ll" + "r" * 9 + "}") and "\\toprule" in tex and "$\\pm$" in tex
-    assert "$^\\ddagger$" in tex and "±" not in tex
+    assert "$^\\ddagger$" in tex and not [ch for ch in tex if ord(ch) > 127]  # pdflatex without extra packages
+
+
+def test_a_biased_fd_keeps_its_mark_in_the_paper_table(run):
+    df, pc = run
+    df = df.copy()
+    few = (df["system"] == "clipgen-lf") & (df["metric"] == "fd-effnet-lite0")
+    df.loc[few, "extra"] = '{"rank_deficient": true}'
+    lines = {ln.split("|")[1].strip(): ln for ln in paper_table(df, pc).splitlines() if ln.startswith("| ")}
+    lf = [c.strip() for c in lines["clipgen-lf (clipgen)"].strip("|").split("|")]
+    vq = [c.strip() for c in lines["vqgan-clip"].strip("|").split("|")]
+    assert lf[2].endswith("‡†") and not vq[2].endswith("†") and not lf[7].endswith("†")
+    assert "† n not above the feature dimension" in paper_table(df, pc)
+    assert "†" not in paper_table(run[0], pc)  # no mark, no note
+    assert "$^\\dagger$" in paper_table(df, pc, latex=True)
 
 
 def test_paired_comparison_equals_hand_bootstrap():
