@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 import io
 import json
+import math
 import os
 import resource
 import shutil
@@ -434,6 +435,8 @@ class Runner:
                     real = dataset.real_images(items, [caption_seed(-1, it.caption_id) for it in items])
                 gap = modality_gap(component, real, [it.caption for it in items])
                 for key in ("image_text_cosine", "image_image_cosine", "mean_difference_norm"):
+                    if math.isnan(gap[key]):  # image-image needs two images of one caption (a short --limit has none)
+                        continue
                     rows.append(component_row(self.suite, name, "modality-gap", key.replace("_", "-"), gap[key],
                                               gap["n"], self.device, provenance))
             for value in getattr(component, "diagnostics", lambda: [])():

@@ -309,3 +309,16 @@ def test_a_shard_refuses_a_folder_of_another_build_and_deletes_nothing(tmp_path)
     shard = Runner(_trained_suite(tmp_path, 3), out_dir=out, progress=False, cache=cache, rank=1, world=2)
     shard.run_shard()  # now the same build: nothing to do
     assert len(_stamps(recon)) == 8 and all(t != before[n] for n, t in _stamps(recon).items())
+
+
+def test_a_modality_gap_without_repeated_captions_leaves_out_the_image_image_row(tmp_path):
+    """Image-image cosine compares images of one caption: 4 distinct captions have none, so no row (not a NaN)."""
+    p = tmp_path / "gap.yaml"
+    p.write_text("suite: gap\nversion: 1\n"
+                 "dataset: {name: shapes, resolution: 16, num_captions: 4, train_size: 1, pairs_size: 16}\n"
+                 "generation: {batch_size: 4, warmup: false}\n"
+                 "components: {clip: {kind: clip, train: {preset: tiny, steps: 1, batch_size: 8}}}\n"
+                 "systems: [{name: noise}]\nmetrics: [{name: throughput}]\n")
+    df = Runner(load_suite(p), out_dir=tmp_path / "run", progress=False).run().frame()
+    gap = df[df["metric"] == "modality-gap"]
+    assert sorted(gap["variant"]) == ["image-text-cosine", "mean-difference-norm"] and gap["value"].notna().all()
