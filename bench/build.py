@@ -80,23 +80,27 @@ class Builder:
             return COMPONENTS.get(self.suite.components[name].kind).factory
         return SYSTEMS.get(self.suite.system(name).name).factory
 
+    def _reads(self, item: Item) -> tuple[str, ...] | None:
+        """The splits an item's factory declares it reads (checked), or None when it declares none."""
+        reads = getattr(self._factory(item), "reads", None)
+        return None if reads is None else check_reads(reads, f"{item[0]} {item[1]!r}")
+
     def data_key(self, item: Item) -> dict:
         """The data an item trains on: the identity of each split its factory declares in `reads` (so more eval
         captions retrain nothing, more pairs no VQGAN), or the whole dataset's identity for one that declares none."""
-        reads = getattr(self._factory(item), "reads", None)
+        reads = self._reads(item)
         if reads is None:
             return {"all": self._dataset.identity()}
-        return {split: self._dataset.split_identity(split) for split in check_reads(reads, f"{item[0]} {item[1]!r}")}
+        return {split: self._dataset.split_identity(split) for split in reads}
 
     @property
     def dataset(self) -> Any:
         """The dataset as the item being built may read it: only the splits its factory declares, if it does."""
-        if self._building:
-            reads = getattr(self._factory(self._building[-1]), "reads", None)
-            if reads is not None:
-                kind, name = self._building[-1]
-                return ReadsOnly(self._dataset, check_reads(reads, f"{kind} {name!r}"), f"{kind} {name!r}")
-        return self._dataset
+        reads = self._reads(self._building[-1]) if self._building else None
+        if reads is None:
+            return self._dataset
+        kind, name = self._building[-1]
+        return ReadsOnly(self._dataset, reads, f"{kind} {name!r}")
 
     def _cycle(self, item: Item) -> str:
         return " -> ".join(name for _, name in self._building + [item])

@@ -80,9 +80,13 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
     return lead + problem + where(getattr(err, "problem_mark", None))
 
 
-def _means(df: pd.DataFrame) -> dict[tuple[str, str, str], float]:
+def _measured(df: pd.DataFrame) -> pd.DataFrame:
     df = df[df["source"] == "measured"].copy()
     df["variant"] = df["variant"].fillna("").astype(str)
+    return df
+
+
+def _means(df: pd.DataFrame) -> dict[tuple[str, str, str], float]:
     return {k: float(v) for k, v in df.groupby(["system", "metric", "variant"])["value"].mean().items()}
 
 
@@ -91,23 +95,18 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
     return read_results_csv(path, what, ("suite", "system", "metric", "variant", "value", "n", "source"))
 
 
-def _check_comparable(run: pd.DataFrame, base: pd.DataFrame, run_dir: Path, baseline_csv: Path) -> None:
-    """A run of another suite, or of the same suite on fewer captions (--limit, --set), is no regression: bad input."""
-    def measured(df):
-        df = df[df["source"] == "measured"].copy()
-        df["variant"] = df["variant"].fillna("").astype(str)
-        return df
-
-    run, base = measured(run), measured(base)
+def _check_comparable(run: pd.DataFrame, base: pd.DataFrame, gated: list, run_dir: Path, baseline_csv: Path) -> None:
+    """A run of another suite, or of the same suite on fewer captions (--limit, --set), is no regression: bad input.
+    run, base: measured rows; gated: the (system, metric, variant) keys the gates check."""
     suites = [sorted(set(df["suite"].fillna("").astype(str))) for df in (run, base)]
     if suites[0] != suites[1]:
         raise UserError(f"{run_dir} is a run of suite {', '.join(suites[0]) or '?'} but {baseline_csv} holds "
                         f"{', '.join(suites[1]) or '?'}: compare a run of the baseline's suite")
     sizes = [df.groupby(["system", "metric", "variant"])["n"].apply(lambda n: sorted(set(n))) for df in (run, base)]
-    for key, n in sizes[0].items():
-        if key in sizes[1] and n != sizes[1][key]:
-            raise UserError(f"{key[0]} {key[1]}/{key[2]}: the run measured n={n} but the baseline n={sizes[1][key]} "
-                            f"(a --limit or --set run?): compare runs made with the same settings")
+    for key in gated:
+        if key in sizes[0] and sizes[0][key] != sizes[1][key]:
+            raise UserError(f"{key[0]} {key[1]}/{key[2]}: the run measured n={sizes[0][key]} but the baseline "
+                            f"n={sizes[1][key]} (a --limit or --set run?): compare runs made with the same settings")
 
 
 def compare_run(run_dir: str | Path, baseline_csv: str | Path, tolerances: str | Path | None = None) -> tuple[bool, str]:
@@ -116,16 +115,20 @@ def compare_run(run_dir: str | Path, baseline_csv: str | Path, tolerances: str |
     base = _read_csv(baseline_csv, "baseline")
     tol_path = Path(tolerances) if tolerances else baseline_csv.with_name(baseline_csv.stem + ".tolerances.yaml")
     gates = load_gates(tol_path)
-    _check_comparable(run, base, run_dir, baseline_csv)
+    run, base = _measured(run), _measured(base)
     run_m, base_m = _means(run), _means(base)
-    lines = []
-    failed = 0
-    checked = 0
+    gated = []  # (gate, the baseline keys it checks)
     for gate in gates:
         keys = [k for k in base_m if k[1] == gate.metric and k[2] == gate.variant
                 and (gate.system is None or k[0] == gate.system)]
         if not keys:
             raise UserError(f"{tol_path}: gate {gate.metric}/{gate.variant} matches nothing in {baseline_csv}")
+        gated.append((gate, keys))
+    _check_comparable(run, base, [k for _, keys in gated for k in keys], run_dir, baseline_csv)
+    lines = []
+    failed = 0
+    checked = 0
+    for gate, keys in gated:
         for key in keys:
             checked += 1
             b = base_m[key]
