@@ -299,7 +299,10 @@ def markdown(df: pd.DataFrame, per_caption: dict | None = None, headline: bool =
         table = table[[c for c in table.columns if is_headline(c)]]
     parts = []
     if not table.empty:
-        parts.append(table.to_markdown() + ("\n\nmean ± std over seeds [95% bootstrap interval over captions]; "
+        systems = df[~_is_component(df) & (df["source"] == "measured")]
+        several = (systems.groupby(["system", "metric", "variant"], dropna=False).size() > 1).any()
+        legend = "mean ± std over seeds " if several else "one seed: "
+        parts.append(table.to_markdown() + (f"\n\n{legend}[95% bootstrap interval over captions]; "
                                             f"{BIASED_MARK} n not above the feature dimension (FD is biased there)."))
     components = pivot(df[_is_component(df)])
     if not components.empty:

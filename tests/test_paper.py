@@ -158,3 +158,13 @@ def test_a_single_shared_seed_gives_no_interval_and_says_so(run):
     r = paired_seed_comparison(one, "clipgen-lf", "vqgan-clip", "fd-effnet-lite0", "blur=0")
     assert r["n_seeds"] == 1 and not math.isfinite(r["lo"]) and not r["excludes_zero"]
     assert "no interval from 1 shared seed(s)" in statement(r, lower_is_better=True, seeds_only=True)
+
+
+def test_the_plain_table_legend_says_one_seed_when_there_is_one(run):
+    from bench.results import markdown
+
+    df, pc = run
+    assert "mean ± std over seeds [95% bootstrap" in markdown(df, pc)
+    one = df[df["seed"].isin([0, -1])]
+    text = markdown(one, pc)
+    assert "one seed: [95% bootstrap interval over captions]" in text and "std over seeds" not in text
