@@ -220,6 +220,8 @@ def _fmt(x: float) -> str:
     if not math.isfinite(x):
         return "nan"
     a = abs(x)
+    if a >= 1e6:  # bytes, tokens: whole numbers
+        return f"{x:.0f}"
     if a >= 100:
         return f"{x:.1f}"
     if a >= 1:
@@ -302,11 +304,11 @@ def markdown(df: pd.DataFrame, per_caption: dict | None = None, headline: bool =
         systems = df[~_is_component(df) & (df["source"] == "measured")]
         several = (systems.groupby(["system", "metric", "variant"], dropna=False).size() > 1).any()
         legend = "mean ± std over seeds " if several else "one seed: "
-        parts.append(table.to_markdown() + (f"\n\n{legend}[95% bootstrap interval over captions]; "
+        parts.append(table.to_markdown(disable_numparse=True) + (f"\n\n{legend}[95% bootstrap interval over captions]; "
                                             f"{BIASED_MARK} n not above the feature dimension (FD is biased there)."))
     components = pivot(df[_is_component(df)])
     if not components.empty:
-        parts.append("components:\n\n" + components.to_markdown())
+        parts.append("components:\n\n" + components.to_markdown(disable_numparse=True))
     return "\n\n".join(parts) or "(no results)"
 
 

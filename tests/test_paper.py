@@ -168,3 +168,13 @@ def test_the_plain_table_legend_says_one_seed_when_there_is_one(run):
     one = df[df["seed"].isin([0, -1])]
     text = markdown(one, pc)
     assert "one seed: [95% bootstrap interval over captions]" in text and "std over seeds" not in text
+
+
+def test_the_plain_table_keeps_each_cell_as_formatted():
+    """tabulate re-parses numeric-looking cells ('1.00' -> '1'): a cell with no interval must keep its digits."""
+    from bench.results import COLUMNS, markdown
+
+    row = {c: "" for c in COLUMNS}
+    row.update(system="s", system_name="s", metric="attribute-accuracy", variant="judge-on-real/all", value=1.0,
+               seed=0, source="measured", n=10, extra="{}")
+    assert "| 1.00 " in markdown(pd.DataFrame([row], columns=COLUMNS))
