@@ -18,7 +18,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from bench.results import BIASED_MARK, biased, bootstrap_ci
+from bench.results import BIASED_MARK, biased, bootstrap_ci, escape_latex
 
 FD_METRICS = ("fid", "fd-effnet-lite0", "fd-clip")  # preference order for the FD column
 FD_LABEL = {"fid": "FID", "fd-effnet-lite0": "FD-EffNet", "fd-clip": "FD-CLIP"}
@@ -198,14 +198,6 @@ def _columns(df: pd.DataFrame) -> tuple[str | None, list[tuple[str, str, str]]]:
     return fd, cols
 
 
-def _escape_latex(text: str) -> str:
-    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
-                 ("±", "$\\pm$"), ("‡", "$^\\ddagger$"), ("†", "$^\\dagger$"), ("–", "--"), ("·", "$\\cdot$"),
-                 ("√", "$\\surd$")):
-        text = text.replace(a, b)
-    return text
-
-
 def paper_table(df: pd.DataFrame, per_caption: dict | None = None, latex: bool = False) -> str:
     """The comparison table (markdown, or LaTeX with booktabs), with notes, citations and paired statements.
 
@@ -244,11 +236,11 @@ def paper_table(df: pd.DataFrame, per_caption: dict | None = None, latex: bool =
 
     if latex:
         spec = "ll" + "r" * len(cols)
-        lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(_escape_latex(h) for h in header) + " \\\\",
+        lines = [f"\\begin{{tabular}}{{{spec}}}", "\\toprule", " & ".join(escape_latex(h) for h in header) + " \\\\",
                  "\\midrule"]
-        lines += [" & ".join(_escape_latex(c) for c in row) + " \\\\" for row in body]
+        lines += [" & ".join(escape_latex(c) for c in row) + " \\\\" for row in body]
         lines += ["\\bottomrule", "\\end{tabular}", ""]
-        lines += [_escape_latex(n) + "\n" for n in notes + sentences]
+        lines += [escape_latex(n) + "\n" for n in notes + sentences]
         return "\n".join(lines)
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---", ":-:"] + ["--:"] * len(cols)) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in body]

@@ -255,12 +255,12 @@ def summary(df: pd.DataFrame, per_caption: dict | None = None) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def pivot(df: pd.DataFrame, per_caption: dict | None = None, latex: bool = False) -> pd.DataFrame:
+def pivot(df: pd.DataFrame, per_caption: dict | None = None) -> pd.DataFrame:
     """Systems x metric/variant, cells 'mean ± std [lo, hi]'; reported rows marked (reported)."""
     s = summary(df, per_caption)
     if s.empty:
         return pd.DataFrame()
-    pm = " $\\pm$ " if latex else " ± "
+    pm = " ± "
 
     def cell(r) -> str:
         text = _fmt(r["mean"])
@@ -312,6 +312,22 @@ def markdown(df: pd.DataFrame, per_caption: dict | None = None, headline: bool =
     return "\n\n".join(parts) or "(no results)"
 
 
+def escape_latex(text: str) -> str:
+    """Text for pdflatex without extra packages: its special characters escaped, our marks as math symbols."""
+    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
+                 ("±", "$\\pm$"), ("‡", "$^\\ddagger$"), ("†", "$^\\dagger$"), ("–", "--"), ("·", "$\\cdot$"),
+                 ("√", "$\\surd$")):
+        text = text.replace(a, b)
+    return text
+
+
 def latex(df: pd.DataFrame, per_caption: dict | None = None) -> str:
-    table = pivot(df, per_caption, latex=True)
-    return table.to_latex(escape=False) if not table.empty else ""
+    """The systems table, then the components' diagnostics, as LaTeX tabulars."""
+    parts = []
+    for table in (pivot(df[~_is_component(df)], per_caption), pivot(df[_is_component(df)])):
+        if not table.empty:
+            table = table.map(lambda cell: escape_latex(str(cell)))
+            table.index = [escape_latex(str(label)) for label in table.index]
+            table.columns = [escape_latex(str(column)) for column in table.columns]
+            parts.append(table.to_latex(escape=False))
+    return "\n".join(parts)

@@ -178,3 +178,18 @@ def test_the_plain_table_keeps_each_cell_as_formatted():
     row.update(system="s", system_name="s", metric="attribute-accuracy", variant="judge-on-real/all", value=1.0,
                seed=0, source="measured", n=10, extra="{}")
     assert "| 1.00 " in markdown(pd.DataFrame([row], columns=COLUMNS))
+
+
+def test_the_plain_latex_table_compiles_without_extra_packages(run):
+    from bench.results import latex
+
+    df, pc = run
+    df = df.copy()
+    df.loc[df["system"] == "clipgen-text", "system"] = "clipgen_text"  # an alias with a LaTeX special character
+    tex = latex(df, pc)
+    assert not [ch for ch in tex if ord(ch) > 127] and "clipgen\\_text" in tex and "$\\pm$" in tex
+    assert tex.count("\\begin{tabular}") == 2  # systems, then the components' diagnostics
+    systems, components = tex.split("\\end{tabular}")[:2]
+    assert "[clip]" in components and "[clip]" not in systems and "modality-gap" not in systems
+    assert "label" not in tex and "column" not in tex  # no pandas index/column-name header rows
+    assert "CogView (reported) &  &" in systems  # its unmeasured cells empty, not NaN
