@@ -303,9 +303,9 @@ def markdown(df: pd.DataFrame, per_caption: dict | None = None, headline: bool =
     if not table.empty:
         systems = df[~_is_component(df) & (df["source"] == "measured")]
         several = (systems.groupby(["system", "metric", "variant"], dropna=False).size() > 1).any()
-        legend = "mean ± std over seeds " if several else "one seed: "
-        parts.append(table.to_markdown(disable_numparse=True) + (f"\n\n{legend}[95% bootstrap interval over captions]; "
-                                            f"{BIASED_MARK} n not above the feature dimension (FD is biased there)."))
+        legend = ("mean ± std over seeds " if several else "one seed: ") + (
+            f"[95% bootstrap interval over captions]; {BIASED_MARK} n not above the feature dimension (FD is biased there).")
+        parts.append(table.to_markdown(disable_numparse=True) + "\n\n" + legend)
     components = pivot(df[_is_component(df)])
     if not components.empty:
         parts.append("components:\n\n" + components.to_markdown(disable_numparse=True))

@@ -297,8 +297,8 @@ class Runner:
             if self.coordinator:
                 if pngs:
                     print(f"[samples] {alias} seed {seed}: the {len(pngs)} samples on disk came from "
-                          f"{'another build' if old else 'an unrecorded build'}: removing them and generating what this run asks "
-                          f"for", flush=True)
+                          f"{'another build' if old else 'an unrecorded build'}: removing them and generating what this run "
+                          "asks for", flush=True)
                 for path in pngs:
                     path.unlink()
                 for path in (self.out / "timings" / alias).glob(f"seed{seed}.*jsonl"):
