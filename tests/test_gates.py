@@ -215,6 +215,6 @@ def test_report_reads_the_csv_when_a_parquet_is_there_too(setup, monkeypatch, ca
     edited.to_csv(run / "results.csv", index=False)
     assert list(read_frame(run)["value"]) == [0.25]
     code, out = _report(run, monkeypatch, capsys)
-    assert code == 0 and "0.25 |" in out and "0.81" not in out, out
+    assert code == 0 and "| 0.250 " in out and "0.81" not in out, out
     (run / "results.csv").unlink()  # only the parquet: that one
     assert list(read_frame(run)["value"]) == [0.81]
