@@ -135,7 +135,7 @@ def validate(suite_paths, overrides) -> None:
         try:
             suite = load_suite(path, overrides)
         except UserError as err:
-            click.echo(str(err), err=True)
+            click.echo(f"error: {err}", err=True)  # `fail`'s line, but the other files are still checked
             failed = True
             continue
         click.echo(f"ok  {path}: {suite.suite} v{suite.version}, {len(suite.components)} components, "

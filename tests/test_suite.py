@@ -12,7 +12,7 @@ from bench.suite import SuiteError, load_suite
 
 BAD = Path(__file__).parent / "suites_bad"
 SUITES = Path(__file__).parents[1] / "suites"
-LINE = re.compile(r"^(?P<file>[^\n:]+):(?P<line>\d+): (?P<key>\S+): (?P<msg>.+)$")
+LINE = re.compile(r"^error: (?P<file>[^\n:]+):(?P<line>\d+): (?P<key>\S+): (?P<msg>.+)$")
 
 
 def _expectation(path: Path) -> tuple[int, str]:
@@ -160,7 +160,7 @@ def test_an_error_in_a_set_value_names_the_override_not_the_replaced_file_line(a
     # quickstart.yaml writes both lists, so its lines 8 and 22 know the replaced elements
     result = CliRunner().invoke(cli, ["validate", str(SUITES / "quickstart.yaml"), "--set", assignment])
     assert result.exit_code == 2, result.output
-    assert result.output.strip() == f"--set {assignment}:1: {key}: must be >= 0, got {bad}"
+    assert result.output.strip() == f"error: --set {assignment}:1: {key}: must be >= 0, got {bad}"
 
 
 def test_set_keeps_the_file_lines_of_what_it_did_not_replace(tmp_path):
