@@ -21,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from tqdm.auto import tqdm
 
 from bench.api import UserError
 from bench.build import Builder, Item, NeedsTraining, default_threads
 from bench.suite import Suite, references
+from reference.progress import progress_bar
 
 
 def build_order(suite: Suite) -> list[Item]:
@@ -127,7 +127,8 @@ def prebuild(builder: Builder, workers: int, log_dir: Path, progress: bool) -> N
     todo = build_order(suite)
     running: dict[Item, _Worker] = {}
     trained: set[Item] = set()
-    bar = tqdm(total=0, bar_format="{desc}", disable=not progress, leave=False)
+    # the status line only redraws on a terminal: in a log, the [build] lines say what starts and ends
+    bar = progress_bar(total=0, bar_format="{desc}", enabled=progress, in_logs=False, leave=False)
     shown = ""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "BENCH_CACHE": str(builder.cache_dir),
            "TQDM_MININTERVAL": "1"}

@@ -27,7 +27,6 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from bench.api import CaptionItem, RunContext, SampleBatch, TimingRecord, UserError
 from bench.build import Builder, default_threads
@@ -37,6 +36,7 @@ from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 from bench.results import Results, measured_row
 from bench.suite import Suite, args_dict, path_args, references
+from reference.progress import progress_bar
 
 
 def is_run_folder(path: Path) -> bool:
@@ -320,8 +320,8 @@ class Runner:
             system.generate([it.caption for it in warm], [it.caption_id for it in warm],
                             [caption_seed(seed, it.caption_id) for it in warm])
         _reset_peak_memory(self.device)  # each system's (and seed's) own peak, not the training's before it
-        bar = tqdm(total=len(todo), desc=f"generate {alias} seed {seed}", unit="img", disable=not self.progress,
-                   leave=False)
+        bar = progress_bar(total=len(todo), desc=f"generate {alias} seed {seed}", unit="img", enabled=self.progress,
+                           leave=False)
         for start in range(0, len(todo), bs):
             batch = todo[start:start + bs]
             # a one-image call runs as two identical rows: oneDNN convolutions round a batch of one differently
@@ -384,8 +384,8 @@ class Runner:
         for _, metric in metrics:
             if hasattr(metric, "start"):  # optional: metrics that need components stream instead of buffering
                 metric.start(ctx)
-        bar = tqdm(total=len(items), desc=f"metrics {spec.alias} seed {seed}", unit="img", disable=not self.progress,
-                   leave=False)
+        bar = progress_bar(total=len(items), desc=f"metrics {spec.alias} seed {seed}", unit="img",
+                           enabled=self.progress, leave=False)
         for batch in self.load_samples(spec.alias, seed, items, max(self.suite.generation.batch_size, 64)):
             for _, metric in metrics:
                 metric.update(batch)

@@ -15,11 +15,11 @@ import subprocess
 import sys
 import time
 
-from tqdm.auto import tqdm
 
 from bench.api import UserError
 from bench.build_pool import child_failure
 from bench.runner import Runner
+from reference.progress import progress_bar
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -70,12 +70,14 @@ def _wait_showing_progress(procs: list[subprocess.Popen], runner: Runner, items,
         return {name: len(wanted.intersection(os.listdir(f))) if f.is_dir() else 0 for name, f in folders.items()}
 
     done = counts()
-    bar = tqdm(total=len(folders) * len(wanted), initial=sum(done.values()), unit="img", disable=not progress,
-               desc=f"generate in {len(procs)} processes",
-               bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
+    bar = progress_bar(total=len(folders) * len(wanted), initial=sum(done.values()), unit="img", enabled=progress,
+                       desc=f"generate in {len(procs)} processes",
+                       bar_format="{desc}: {percentage:3.0f}%|{bar}| {n_fmt}/{total_fmt} [{elapsed}{postfix}]")
     try:
-        while any(p.poll() is None for p in procs):
+        running = True
+        while running:
             time.sleep(1.0)
+            running = any(p.poll() is None for p in procs)  # before counting: the last count sees every sample
             done = counts()
             at = next((name for name, n in done.items() if n < len(wanted)), "")
             bar.set_postfix_str(at, refresh=False)

@@ -27,6 +27,7 @@ from torch import Tensor
 from reference.checkpoint import load_checkpoint, save_checkpoint
 from reference.configs import GPTConfig, VQGANConfig, get_preset, with_overrides
 from reference.gpt import GPT
+from reference.progress import progress_bar
 from reference.sample import mix_seed
 from reference.vqgan import (VQGAN, PerceptualLoss, adaptive_gan_weight, codebook_stats, hinge_d_loss,
                              reconstruction_loss, to_float)
@@ -68,12 +69,6 @@ class _Batches:
         return self._perm[j * self.bs:(j + 1) * self.bs]
 
 
-def _progress(total: int, initial: int, desc: str, enabled: bool):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, desc=desc, disable=not enabled, dynamic_ncols=True, leave=False)
-
-
 class _Loop:
     """What both training loops do around their steps: time them, show a progress bar, save checkpoints.
 
@@ -85,7 +80,7 @@ class _Loop:
                  progress: bool):
         self.save, self.every = save, checkpoint_every
         self.t0 = time.perf_counter()
-        self.bar = _progress(steps, start, desc, progress)
+        self.bar = progress_bar(total=steps, initial=start, desc=desc, enabled=progress, leave=False)
 
     def step_done(self, step: int) -> None:
         self.bar.update(1)

@@ -14,11 +14,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import trange
 
 from bench.api import BuildContext, ComponentSpec
 from bench.components.weights_dir import read_weights_dir, save_weights_dir
 from bench.registry import COMPONENTS
+from reference.progress import progress_bar
 from reference.train import one_cycle
 
 WEIGHTS_FILE = "captioner.safetensors"
@@ -156,7 +156,7 @@ def train_captioner(images: Tensor, captions: list[str], args: CaptionerTrainArg
     sched = one_cycle(opt, args.lr, args.steps)
     gen = torch.Generator().manual_seed(args.seed + 1)
     model.train()
-    for _ in trange(args.steps, desc="captioner", disable=not progress, leave=False, dynamic_ncols=True):
+    for _ in progress_bar(range(args.steps), desc="captioner", enabled=progress, leave=False):
         idx = torch.randint(images.shape[0], (min(args.batch_size, images.shape[0]),), generator=gen)
         logits = model.next_token_logits(images[idx].to(device), ids[idx])
         loss = token_nll(logits.float(), ids[idx][:, 1:], mask[idx]).mean()

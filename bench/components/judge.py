@@ -12,11 +12,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import trange
 
 from bench.api import BuildContext, ComponentSpec, UserError
 from bench.components.weights_dir import read_weights_dir, save_weights_dir
 from bench.registry import COMPONENTS
+from reference.progress import progress_bar
 from reference.train import one_cycle
 
 WEIGHTS_FILE = "judge.safetensors"
@@ -119,7 +119,7 @@ def train_judge(images: Tensor, infos: list[dict], attributes: dict, args: Judge
     sched = one_cycle(opt, args.lr, args.steps)
     gen = torch.Generator().manual_seed(args.seed + 1)
     judge.train()
-    for _ in trange(args.steps, desc="attribute judge", disable=not progress, leave=False, dynamic_ncols=True):
+    for _ in progress_bar(range(args.steps), desc="attribute judge", enabled=progress, leave=False):
         idx = tr_idx[torch.randint(len(tr_idx), (min(args.batch_size, len(tr_idx)),), generator=gen)]
         logits = judge(images[idx].to(device))
         loss = sum(F.cross_entropy(logits[a], labels[a][idx].to(device)) for a in logits)

@@ -38,10 +38,10 @@ USER_AGENT = "clipgen-bench"
 
 
 def _progress(total: int | None, initial: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+    from reference.progress import progress_bar
 
-    return tqdm(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
-                disable=not enabled, leave=False)
+    return progress_bar(total=total, initial=initial, desc=desc, unit="B", unit_scale=True, unit_divisor=1024,
+                        enabled=enabled, leave=False)
 
 
 def check_url(url: str, what: str = "URL") -> None:
@@ -155,12 +155,13 @@ def _safe_member(name: str) -> bool:
 
 def extract(path: str, into: str, keep: Callable[[str], bool] = lambda name: True, progress: bool = True) -> list[str]:
     """Unpack the members `keep` accepts into the folder `into`; returns the file names extracted."""
-    from tqdm import tqdm
+    from reference.progress import progress_bar
 
     done = []
     with zipfile.ZipFile(path) as z:
         members = [m for m in z.infolist() if keep(m.filename)]
-        for m in tqdm(members, desc=f"unpack {os.path.basename(path)}", unit="file", disable=not progress, leave=False):
+        for m in progress_bar(members, desc=f"unpack {os.path.basename(path)}", unit="file", enabled=progress,
+                              leave=False):
             if not _safe_member(m.filename):
                 raise UserError(f"{path} holds an unsafe member name {m.filename!r}; refusing to unpack it")
             z.extract(m, into)
