@@ -85,12 +85,12 @@ def prune(days, everything, incomplete, kind, dry_run, yes) -> None:
         root, entries = _scan(kind)
         if not (yes or dry_run or sys.stdin.isatty()):
             raise UserError("stdin is not a terminal to confirm on: pass --yes (or see what would go with --dry-run)")
-        now = time.time()
 
         def selected(e: Entry) -> bool:
+            age = time.time() - e.last_used
             if e.incomplete:
-                return incomplete and now - e.last_used > INCOMPLETE_AGE_S
-            return everything or (days is not None and now - e.last_used > days * 86400)
+                return incomplete and age > INCOMPLETE_AGE_S
+            return everything or (days is not None and age > days * 86400)
 
         chosen = [e for e in entries if selected(e)]
         if not chosen:
@@ -109,7 +109,13 @@ def prune(days, everything, incomplete, kind, dry_run, yes) -> None:
             click.confirm(f"remove these {len(chosen)} entries ({total})?", abort=True)
         freed = 0
         for entry, line in zip(chosen, lines):
-            if _remove(entry.path):
+            try:  # looked at again: a run may have used it (or written to a temp folder) since the scan or the prompt
+                now = _entry(entry.kind, entry.path)
+            except FileNotFoundError:
+                now = None
+            if now is not None and not selected(now):
+                click.echo(f"used since, kept  {line}")
+            elif now is not None and _remove(entry.path):
                 freed += entry.size
                 click.echo(f"removed  {line}")
             else:

@@ -122,6 +122,24 @@ def test_prune_by_age_removes_only_entries_unused_that_long(filled):
     assert lines[1] == "freed 1.0 MiB"
 
 
+def test_prune_keeps_what_a_run_used_after_the_scan(filled, monkeypatch):
+    import bench.cli_cache as cli_cache
+
+    scan = cli_cache._scan
+
+    def scan_then_a_run_loads_b(kind):
+        found = scan(kind)
+        os.utime(filled / "clip" / ("b" * 20) / "key.json")  # what a load does (mark_used)
+        return found
+
+    monkeypatch.setattr(cli_cache, "_scan", scan_then_a_run_loads_b)
+    result = bench_cache(filled, "prune", "--unused-for", "30", "--yes")
+    assert result.exit_code == 0, result.output
+    assert (filled / "clip" / ("b" * 20) / "weights.safetensors").exists()
+    lines = result.output.splitlines()
+    assert lines[0].startswith("used since, kept  clip  " + "b" * 20) and lines[1] == "freed 0 B"
+
+
 def test_prune_by_age_reaches_a_statistics_file_by_its_mtime(filled):
     path = filled / "stats" / f"{'e' * 20}.npz"
     size = path.stat().st_size
