@@ -129,7 +129,7 @@ class ComponentSpec:
 
 
 class BuildContext(Protocol):
-    """What component and system factories get (implemented in bench/build.py)."""
+    """What component and system factories get (bench/build.py's ItemContext), valid while the factory runs."""
 
     dataset: Any  # bench.datasets.base.Dataset; a ReadsOnly view of it for a factory that declares `reads`
     device: str
@@ -151,6 +151,10 @@ class BuildContext(Protocol):
         refuses every other split, so its key cannot miss data it read.
         `save(obj, dir)` writes files into a fresh temp dir; `load(dir)` reads them.
         """
+        ...
+
+    def system(self, alias: str) -> Any:
+        """A declared system by alias (for systems that wrap another), built once and shared."""
         ...
 
     def key_of(self, name: str) -> dict:

@@ -93,14 +93,14 @@ class Builder:
             return {"all": self._dataset.identity()}
         return {split: self._dataset.split_identity(split) for split in reads}
 
-    @property
-    def dataset(self) -> Any:
-        """The dataset as the item being built may read it: only the splits its factory declares, if it does."""
-        reads = self._reads(self._building[-1]) if self._building else None
-        if reads is None:
-            return self._dataset
-        kind, name = self._building[-1]
-        return ReadsOnly(self._dataset, reads, f"{kind} {name!r}")
+    def dataset_for(self, item: Item) -> Any:
+        """The dataset as `item` may read it: only the splits its factory declares, if it does."""
+        reads = self._reads(item)
+        return self._dataset if reads is None else ReadsOnly(self._dataset, reads, f"{item[0]} {item[1]!r}")
+
+    def context(self, item: Item) -> ItemContext:
+        """The BuildContext that `item`'s factory gets."""
+        return ItemContext(self, item)
 
     def _cycle(self, item: Item) -> str:
         return " -> ".join(name for _, name in self._building + [item])
@@ -116,7 +116,7 @@ class Builder:
                 raise UserError(f"components depend on each other in a cycle: {self._cycle(item)}")
             self._building.append(item)
             try:
-                self._components[name] = COMPONENTS.get(spec.kind).factory(spec, self)
+                self._components[name] = COMPONENTS.get(spec.kind).factory(spec, self.context(item))
             finally:
                 self._building.pop()
         item = ("component", name)
@@ -124,12 +124,14 @@ class Builder:
         return self._components[name]
 
     def cached(self, kind: str, key: dict, train: Callable[[], Any], save: Callable[[Any, str], None],
-               load: Callable[[str], Any]) -> Any:
-        data = self.data_key(self._building[-1]) if self._building else {"all": self._dataset.identity()}
+               load: Callable[[str], Any], item: Item | None = None) -> Any:
+        """BuildContext.cached for `item` (its factory's context passes it); with no item, keyed by the whole
+        dataset and never deferred."""
+        data = self.data_key(item) if item is not None else {"all": self._dataset.identity()}
         key = {**key, "data": data, "trained_on": self.trained_on(), "code": self.code_of(train.__module__)}
         self._record({artefact_dir("", kind, key).as_posix()})
-        if self.defer_training and self._building and not (artefact_dir(self.cache_dir, kind, key) / "key.json").exists():
-            raise NeedsTraining(self._building[-1])
+        if self.defer_training and item is not None and not (artefact_dir(self.cache_dir, kind, key) / "key.json").exists():
+            raise NeedsTraining(item)
         return cached_artefact(self.cache_dir, kind, key, train, save, load)
 
     def key_of(self, name: str) -> dict:
@@ -164,12 +166,51 @@ class Builder:
                 | {f"file:{path}/{key_hash(path_stamp(path))}" for path in files})
             self._building.append(item)
             try:
-                system = SYSTEMS.get(spec.name).factory(spec.args, self)
+                system = SYSTEMS.get(spec.name).factory(spec.args, self.context(item))
             finally:
                 self._building.pop()
             self._systems[alias] = system
         self._record(self._made_of.get(("system", alias), set()))
         return self._systems[alias]
+
+
+class ItemContext:
+    """The BuildContext one item's factory gets: the Builder, bound to that item, so `dataset` and `cached` answer
+    for it (its declared splits, its key) and not for whatever is being built when they are called. It is valid
+    while the factory runs: a factory that kept it and called `cached`, `dataset`, `component` or `system` later
+    (lazily, from a system's generate) would key, record and defer what it gets for whatever is being built then
+    (or for nothing), so that raises."""
+
+    def __init__(self, builder: Builder, item: Item):
+        self._builder, self._item = builder, item
+        self.device, self.cache_dir, self.progress = builder.device, builder.cache_dir, builder.progress
+
+    def _live(self, what: str) -> None:
+        if self._item not in self._builder._building:
+            kind, name = self._item
+            raise RuntimeError(f"{kind} {name!r}: ctx.{what} used after its factory returned; build (and load) "
+                               f"everything inside the factory")
+
+    @property
+    def dataset(self) -> Any:
+        self._live("dataset")
+        return self._builder.dataset_for(self._item)
+
+    def cached(self, kind: str, key: dict, train: Callable[[], Any], save: Callable[[Any, str], None],
+               load: Callable[[str], Any]) -> Any:
+        self._live("cached")
+        return self._builder.cached(kind, key, train, save, load, item=self._item)
+
+    def component(self, name: str) -> Any:
+        self._live("component")  # what it uses is recorded in made_of (provenance) while it builds
+        return self._builder.component(name)
+
+    def system(self, alias: str) -> Any:
+        self._live("system")
+        return self._builder.system(alias)
+
+    def key_of(self, name: str) -> dict:
+        return self._builder.key_of(name)
 
 
 def default_threads() -> int:

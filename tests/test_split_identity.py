@@ -151,9 +151,10 @@ def test_a_factory_reading_an_undeclared_split_fails_before_training(tmp_path, m
     # the language-free GPT's factory may read neither captions nor eval data
     monkeypatch.setattr(build_vqgan, "reads", ("train",))
     builder.system("lf")
-    assert builder.dataset is builder._dataset  # outside a build, the dataset itself
-    guarded = Builder(suite, builder._dataset, "cpu", str(tmp_path / "cache"), progress=False)
-    guarded._building.append(("system", "lf"))
+    guarded = builder.context(("system", "lf"))
+    with pytest.raises(RuntimeError, match=r"system 'lf': ctx.dataset used after its factory returned"):
+        guarded.dataset
+    builder._building.append(("system", "lf"))  # as while its factory runs
     for read in (lambda d: d.pairs(), lambda d: d.eval_captions(), lambda d: d._eval, lambda d: d.num_captions):
         with pytest.raises(RuntimeError, match="declares reads=\\('train',\\)"):
             read(guarded.dataset)
@@ -163,6 +164,27 @@ def test_a_factory_reading_an_undeclared_split_fails_before_training(tmp_path, m
         monkeypatch.setattr(build_vqgan, "reads", reads)
         with pytest.raises(ValueError, match="component 'vqgan': reads="):
             builder.key_of("vqgan")
+
+
+def test_a_factory_context_used_after_the_factory_returned_raises(tmp_path):
+    """A system that kept its ctx and trained lazily, at its first generate, would be keyed by the splits of
+    whatever was being built then (or the whole dataset) and recorded in no item's provenance."""
+    (tmp_path / "keys.yaml").write_text(SUITE)
+    suite = load_suite(tmp_path / "keys.yaml")
+    builder = Builder(suite, build_dataset(suite.dataset), "cpu", str(tmp_path / "cache"), progress=False)
+    ctx = builder.context(("system", "lf"))  # what the factory of system 'lf' gets
+    save, load = (lambda obj, d: None), (lambda d: 1)
+    builder._building.append(("system", "lf"))  # while the factory runs
+    assert ctx.dataset.train_images().shape[0] == 64
+    builder._building.append(("component", "clip"))  # ... and builds a component: ctx still answers for 'lf'
+    with pytest.raises(RuntimeError, match=r"system 'lf' reads the pairs split"):
+        ctx.dataset.pairs()
+    builder._building.clear()  # the factory returned
+    for late in (lambda: ctx.cached("thing", {}, lambda: 1, save, load), lambda: ctx.dataset,
+                 lambda: ctx.component("vqgan"), lambda: ctx.system("lf")):
+        with pytest.raises(RuntimeError, match=r"system 'lf': ctx\.\w+ used after its factory returned"):
+            late()
+    assert not (tmp_path / "cache").exists()
 
 
 def test_the_language_free_parts_may_read_no_caption():
