@@ -10,6 +10,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -138,7 +139,8 @@ def cached_artefact(root: str | Path, kind: str, key: dict, train: Callable[[], 
     try:
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's is 0700; give the folder the mode os.mkdir would
         save(obj, str(tmp))
-        (tmp / "key.json").write_text(json.dumps(full_key, indent=1, sort_keys=True, default=str))
+        record = {**full_key, "created": time.time()}  # for `bench cache ls` (a copy keeps it; mtimes do not)
+        (tmp / "key.json").write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
         try:
             tmp.rename(target)
         except OSError:  # another process finished first: theirs is as good as ours

@@ -156,13 +156,17 @@ def _entry(kind: str, path: Path) -> Entry | None:
         return Entry(kind, path, path.stem, st.st_size, None, st.st_mtime, _summary(_stats_key(path)), False)
     if (path / "key.json").is_file():
         try:
-            key = json.loads((path / "key.json").read_text()).get("key")
+            record = json.loads((path / "key.json").read_text())
         except ValueError:
-            key = None
+            record = None
+        record = record if isinstance(record, dict) else {}
+        created = record.get("created")
+        if not isinstance(created, (int, float)):  # written before key.json said: the folder's mtime (its rename)
+            created = path.stat().st_mtime
         size, _ = _footprint(path)
-        # the folder's mtime is when key.json was written into it; key.json's own is the last use
-        return Entry(kind, path, path.name, size, path.stat().st_mtime, (path / "key.json").stat().st_mtime,
-                     _summary(key), False)
+        # key.json's mtime is the last use
+        return Entry(kind, path, path.name, size, created, (path / "key.json").stat().st_mtime,
+                     _summary(record.get("key")), False)
     return None
 
 

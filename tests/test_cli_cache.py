@@ -269,3 +269,21 @@ def test_loading_reference_statistics_marks_the_file_used(tmp_path):
     old = _set_mtime(path, 30 * DAY)
     assert reference_stats(ctx, MeanColour(), 0, 4)[1] is True
     assert path.stat().st_mtime > old + 29 * DAY
+
+
+def test_created_is_when_the_artefact_was_written_even_after_a_copy(tmp_path):
+    _cached_text(tmp_path, [])
+    folder = next((tmp_path / "thing").iterdir())
+    record = json.loads((folder / "key.json").read_text())
+    assert abs(record["created"] - time.time()) < 600 and record["key"] == {"n": 1}
+    _set_mtime(folder, 100 * DAY)  # what `cp -r` without -p, or a restore, does to the folder's mtime
+    _set_mtime(folder / "key.json", 2 * DAY)
+    legacy = artefact(tmp_path, "thing", "0" * 20, CLIP_KEY, 10, used_days_ago=1)  # key.json without "created"
+    _set_mtime(legacy, 50 * DAY)
+    cells = {line.split()[1]: line.split() for line in bench_cache(tmp_path, "ls").output.splitlines()[1:-1]}
+
+    def day(days_ago: float) -> str:
+        return time.strftime("%Y-%m-%d", time.localtime(time.time() - days_ago * DAY))
+
+    assert cells[folder.name][4] == day(0) and cells[folder.name][6] == day(2)  # CREATED, LAST USED dates
+    assert cells["0" * 20][4] == day(50) and cells["0" * 20][6] == day(1)
