@@ -21,7 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-
 from bench.api import UserError
 from bench.build import Builder, Item, NeedsTraining, default_threads
 from bench.suite import Suite, references

@@ -110,12 +110,12 @@ def prune(days, everything, incomplete, kind, dry_run, yes) -> None:
         freed = 0
         for entry, line in zip(chosen, lines):
             try:  # looked at again: a run may have used it (or written to a temp folder) since the scan or the prompt
-                now = _entry(entry.kind, entry.path)
+                current = _entry(entry.kind, entry.path)
             except FileNotFoundError:
-                now = None
-            if now is not None and not selected(now):
+                current = None
+            if current is not None and not selected(current):
                 click.echo(f"used since, kept  {line}")
-            elif now is not None and _remove(entry.path):
+            elif current is not None and _remove(entry.path):
                 freed += entry.size
                 click.echo(f"removed  {line}")
             else:

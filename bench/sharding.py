@@ -15,7 +15,6 @@ import subprocess
 import sys
 import time
 
-
 from bench.api import UserError
 from bench.build_pool import child_failure
 from bench.runner import Runner
