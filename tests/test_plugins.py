@@ -1,12 +1,21 @@
 """Entry-point plugins (group `clipgen_bench.plugins`) as an installed package provides them: a module on the
 path plus a dist-info folder whose entry_points.txt names it. Each case runs `bench` in a fresh interpreter,
 since the registries load plugins once per process."""
+import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from PIL import Image
+
 REPO = Path(__file__).resolve().parents[1]
+GUIDE = REPO / "docs" / "plugins.md"
 
 GOOD = '''
 from bench.registry import SYSTEMS
@@ -53,3 +62,77 @@ def test_a_plugin_that_fails_to_load_is_one_clear_error(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "plugin 'broken_plugin' (broken_plugin) failed to load: RuntimeError: boom at import" in lines[0]
+
+
+def guide_block(name: str) -> str:
+    """The fenced block that follows `<!-- plugin-example: NAME -->` in docs/plugins.md."""
+    found = re.search(rf"<!-- plugin-example: {re.escape(name)} -->\n```\w*\n(.*?)\n```", GUIDE.read_text(), re.S)
+    assert found, f"docs/plugins.md has no fenced block after <!-- plugin-example: {name} -->"
+    return found.group(1) + "\n"
+
+
+def test_the_plugin_guide_example_runs_end_to_end(tmp_path, monkeypatch):
+    """docs/plugins.md's flatpaint package, installed as its pyproject declares it, runs its check suite: the
+    pixel-mean rows equal the means of the saved PNGs, and flat-colour paints the train split's mean colour."""
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    declared = tomllib.loads(guide_block("pyproject.toml"))["project"]["entry-points"]["clipgen_bench.plugins"]
+    assert declared == {"flatpaint": "flatpaint"}  # what install() writes into entry_points.txt
+    install(tmp_path, "flatpaint", guide_block("flatpaint.py"))
+    suite_text = guide_block("flatpaint-check.yaml")
+    (tmp_path / "flatpaint-check.yaml").write_text(suite_text)
+    monkeypatch.setenv("BENCH_CACHE", str(tmp_path / "cache"))  # bench() passes os.environ on
+    limit = 6
+    ran = bench(tmp_path, "run", "flatpaint-check.yaml", "--limit", str(limit), "--out", str(tmp_path / "run"),
+                "--quiet")
+    assert ran.returncode == 0, ran.stdout + ran.stderr
+
+    suite = yaml.safe_load(suite_text)
+    flat = {s.get("alias", s["name"]): s.get("args", {}) for s in suite["systems"] if s["name"] == "flat-colour"}
+    assert len(flat) == 2 and any(args.get("jitter", 0) > 0 for args in flat.values())
+    df = pd.read_csv(tmp_path / "run" / "results.csv")
+    rows = df[df["metric"] == "pixel-mean"]
+    aliases = [s.get("alias", s["name"]) for s in suite["systems"]]
+    assert sorted(set(rows["system"])) == sorted(aliases)
+    assert (rows["n"] == limit).all() and not rows[rows["system"].isin(list(flat))]["uses_captions"].any()
+    assert set(rows[rows["system"].isin(list(flat))]["system_name"]) == {"flat-colour"}
+
+    # the metric, computed again from the PNGs the run saved (per image, then over images)
+    images = {}
+    for alias in aliases:
+        pngs = sorted((tmp_path / "run" / "samples" / alias / "seed0").glob("*.png"))
+        assert len(pngs) == limit
+        images[alias] = np.stack([np.asarray(Image.open(p).convert("RGB"), dtype=np.float64) for p in pngs])
+        per_image = images[alias].mean(axis=(1, 2))  # [N,3]
+        per_caption = json.loads((tmp_path / "run" / "per_caption" / alias / "seed0.json").read_text())
+        for c, channel in enumerate("rgb"):
+            row = rows[(rows["system"] == alias) & (rows["variant"] == channel)]
+            assert len(row) == 1
+            assert abs(row["value"].iloc[0] - per_image[:, c].mean()) < 1e-9, (alias, channel)
+            saved = [per_caption[str(int(p.stem))][f"pixel-mean/{channel}"] for p in pngs]
+            assert np.allclose(saved, per_image[:, c], rtol=0, atol=1e-9)
+
+    # flat-colour's colour: the mean of the first train_images train renders, computed here independently
+    from bench.datasets.shapes import ShapesDataset
+
+    dataset = ShapesDataset(**{k: v for k, v in suite["dataset"].items() if k != "name"})
+    for alias, args in flat.items():
+        mean = dataset.train_images()[: args["train_images"]].double().mean(dim=(0, 2, 3)).numpy()
+        got = images[alias]  # [N,H,W,3]
+        assert (got == got[:, :1, :1, :]).all(), f"{alias}: images are not flat"
+        colours = got[:, 0, 0, :]  # [N,3]
+        jitter = args.get("jitter", 0.0)
+        assert (np.abs(colours - mean) <= jitter + 0.5).all(), (alias, colours, mean)
+        if jitter == 0:
+            assert (colours == np.round(mean)).all()
+        else:  # seeded per caption: the images differ
+            assert len({tuple(c) for c in colours}) > 1
+
+    # one cached mean for both aliases, keyed as the guide says: its key, the train split, platform and code
+    assert len({args["train_images"] for args in flat.values()}) == 1
+    entries = [p for p in (tmp_path / "cache" / "flat-colour-mean").glob("*/key.json")
+               if not p.parent.name.startswith(".")]
+    assert len(entries) == 1
+    key = json.loads(entries[0].read_text())["key"]
+    assert key["train_images"] == next(iter(flat.values()))["train_images"] and "jitter" not in key
+    assert list(key["data"]) == ["train"] and key["data"]["train"]["split"] == "train"
+    assert {"trained_on", "code"} <= set(key)
