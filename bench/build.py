@@ -19,9 +19,10 @@ Item = tuple[str, str]  # ("component", name) or ("system", alias)
 class NeedsTraining(Exception):
     """Raised instead of training by a Builder that leaves training to build workers (bench/build_pool.py)."""
 
-    def __init__(self, item: Item):
+    def __init__(self, item: Item, artefact: str):
         super().__init__(f"{item[0]} {item[1]!r} needs training")
         self.item = item  # the innermost component or system whose artefact is missing
+        self.artefact = artefact  # that artefact's folder: items sharing it (sampling variants of one GPT) train it once
 
 
 class Builder:
@@ -130,8 +131,9 @@ class Builder:
         data = self.data_key(item) if item is not None else {"all": self._dataset.identity()}
         key = {**key, "data": data, "trained_on": self.trained_on(), "code": self.code_of(train.__module__)}
         self._record({artefact_dir("", kind, key).as_posix()})
-        if self.defer_training and item is not None and not (artefact_dir(self.cache_dir, kind, key) / "key.json").exists():
-            raise NeedsTraining(item)
+        target = artefact_dir(self.cache_dir, kind, key)
+        if self.defer_training and item is not None and not (target / "key.json").exists():
+            raise NeedsTraining(item, str(target))
         return cached_artefact(self.cache_dir, kind, key, train, save, load)
 
     def key_of(self, name: str) -> dict:

@@ -85,8 +85,8 @@ def child_failure(log: Path, code: int, what: str) -> Exception:
 
 
 class _Worker:
-    def __init__(self, item: Item, cmd: list[str], env: dict, log: Path):
-        self.item, self.log = item, log
+    def __init__(self, item: Item, artefact: str, cmd: list[str], env: dict, log: Path):
+        self.item, self.artefact, self.log = item, artefact, log
         log.parent.mkdir(parents=True, exist_ok=True)
         self.t0 = time.perf_counter()
         with open(log, "wb") as fh:
@@ -146,9 +146,11 @@ def prebuild(builder: Builder, workers: int, log_dir: Path, progress: bool) -> N
                     if wanted in trained:
                         raise RuntimeError(f"{wanted[0]} {wanted[1]!r} was trained by a worker but its artefact is "
                                            f"not in the cache {builder.cache_dir}") from None
-                    if wanted not in running and len(running) < workers:
+                    in_training = wanted in running or any(w.artefact == need.artefact for w in running.values())
+                    if not in_training and len(running) < workers:  # else: load it once its worker is done
                         log = log_dir / f"{wanted[0]}-{wanted[1]}.log"
-                        running[wanted] = _Worker(wanted, base + ["--item", f"{wanted[0]}:{wanted[1]}"], env, log)
+                        running[wanted] = _Worker(wanted, need.artefact, base + ["--item", f"{wanted[0]}:{wanted[1]}"],
+                                                  env, log)
                         if progress:
                             bar.write(f"[build] training {wanted[0]} {wanted[1]!r} in a worker "
                                       f"({threads} thread{'s' * (threads > 1)}; log {log})")

@@ -200,3 +200,22 @@ def test_generation_shards_load_what_the_run_trained(suite_file, tmp_path, worke
     trained = {kind.name: [d.name for d in kind.iterdir()] for kind in cache.iterdir() if kind.name != "stats"}
     assert sorted(trained) == ["attribute-judge", "clip", "clipgen-gpt", "vqgan"]
     assert all(len(dirs) == 1 for dirs in trained.values()), trained
+
+
+def test_items_that_share_an_artefact_train_it_in_one_worker(suite_file, tmp_path):
+    """Two sampling variants of one GPT (the suites' clipgen-lf and clipgen-lf-rerank4) need the same artefact:
+    with a worker free for each, one trains it and the other loads it afterwards."""
+    suite_file.write_text(SUITE.replace("  - {name: random-caption, args: {of: lf}}\n",
+                                        "  - {name: clipgen, alias: lf-top5, args: {clip: clip, vqgan: vqgan, "
+                                        "train: {preset: tiny, steps: 3}, top_k: 5}}\n"))
+    suite = load_suite(suite_file)
+    cache, dataset = str(tmp_path / "cache"), build_dataset(suite.dataset)
+    Builder(suite, dataset, "cpu", cache, progress=False, build_threads=1).component("clip")  # the GPT is all
+    Builder(suite, dataset, "cpu", cache, progress=False, build_threads=1).component("vqgan")  # that is missing
+    Builder(suite, dataset, "cpu", cache, progress=False, build_threads=1).component("judge")
+    builder = Builder(suite, dataset, "cpu", cache, progress=False, build_threads=1, defer_training=True)
+    prebuild(builder, workers=2, log_dir=tmp_path / "logs", progress=False)
+    assert [p.name for p in (tmp_path / "logs").iterdir()] == ["system-lf.log"]
+    assert len(list((tmp_path / "cache" / "clipgen-gpt").iterdir())) == 1
+    gpts = [{e for e in builder.made_of(("system", alias)) if e.startswith("clipgen-gpt/")} for alias in ("lf", "lf-top5")]
+    assert len(gpts[0]) == 1 and gpts[0] == gpts[1]  # both built on that one GPT
