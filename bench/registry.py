@@ -74,11 +74,14 @@ COMPONENTS = Registry("component kind")
 
 _BUILTIN_MODULES = ("bench.datasets", "bench.components", "bench.systems", "bench.metrics")
 _loaded = False
+_load_failure: UserError | None = None  # a plugin that failed: every later lookup fails the same way
 
 
 def load_all() -> None:
     """Import the built-in registering modules and any plugins, once."""
-    global _loaded
+    global _loaded, _load_failure
+    if _load_failure is not None:
+        raise _load_failure  # not a registry without the plugins after it, which would misreport their names
     if _loaded:
         return
     _loaded = True
@@ -90,5 +93,6 @@ def load_all() -> None:
             if callable(obj):
                 obj()
         except Exception as err:  # a third party's bug: name the plugin, not our traceback
-            raise UserError(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(err).__name__}: {err}; "
-                            f"fix or uninstall the package that provides it") from err
+            _load_failure = UserError(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(err).__name__}: "
+                                      f"{err}; fix or uninstall the package that provides it")
+            raise _load_failure from err

@@ -62,6 +62,14 @@ def test_a_plugin_that_fails_to_load_is_one_clear_error(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "plugin 'broken_plugin' (broken_plugin) failed to load: RuntimeError: boom at import" in lines[0]
+    # every later lookup in the process fails the same way, not with "unknown system" for a later plugin's name
+    install(tmp_path, "zz_grey_plugin", GOOD)  # loads after the broken one
+    suite = tmp_path / "s.yaml"
+    suite.write_text("suite: s\nversion: 1\ndataset: {name: shapes}\nsystems: [{name: plugin-grey}]\n")
+    checked = bench(tmp_path, "validate", str(suite), str(suite))
+    assert checked.returncode == 2
+    lines = checked.stderr.strip().splitlines()
+    assert len(lines) == 2 and all("plugin 'broken_plugin'" in line for line in lines), checked.stderr
 
 
 def guide_block(name: str) -> str:
