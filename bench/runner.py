@@ -20,7 +20,6 @@ import os
 import resource
 import shutil
 import time
-from importlib import import_module
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -57,9 +56,7 @@ def check_resources(suite: Suite) -> list[str]:
     missing: list[str] = []
 
     def ask(registry, name, args):
-        factory = registry.get(name).factory
-        module = import_module(factory.__module__)
-        fn = getattr(module, "missing_resources", None)
+        fn = getattr(registry.get(name).factory, "missing_resources", None)  # (args) -> one line per problem
         if fn is not None:
             missing.extend(fn(args))
 

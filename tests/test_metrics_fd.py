@@ -229,3 +229,17 @@ def test_args_errors_and_missing_resources(tmp_path, monkeypatch):
     assert "env.pth" in line
     (tmp_path / "env.pth").write_bytes(b"x")
     assert missing_feature_resources("inception-v3-compat") == []
+
+
+def test_bench_run_asks_the_fd_and_kid_factories_for_missing_weights(tmp_path):
+    from bench.runner import check_resources
+    from bench.suite import load_suite
+
+    fd_weights, kid_weights = tmp_path / "nope" / "fd.pth", tmp_path / "nope" / "kid.pth"
+    (tmp_path / "s.yaml").write_text(
+        "suite: s\nversion: 1\ndataset: {name: shapes, resolution: 16, num_captions: 4}\nsystems: [{name: noise}]\n"
+        "metrics:\n"
+        f"  - {{name: fd, args: {{features: inception-v3-compat, feature_extractor_weights_path: {fd_weights}}}}}\n"
+        f"  - {{name: kid, args: {{features: inception-v3-compat, feature_extractor_weights_path: {kid_weights}}}}}\n")
+    problems = check_resources(load_suite(tmp_path / "s.yaml"))
+    assert len(problems) == 2 and str(fd_weights) in problems[0] and str(kid_weights) in problems[1], problems

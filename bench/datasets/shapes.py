@@ -232,5 +232,3 @@ def build_shapes(args: ShapesArgs) -> ShapesDataset:
                          train_size=args.train_size, pairs_size=args.pairs_size, held_out=args.held_out)
 
 
-def missing_resources(args: ShapesArgs) -> list[str]:
-    return []  # rendered on the fly: nothing to download

@@ -27,10 +27,6 @@ class AccuracyArgs:
     batch_size: int = field(default=256, metadata={"min": 1, "help": "images per judge call"})
 
 
-def missing_resources(args: AccuracyArgs) -> list[str]:
-    return []
-
-
 def judge_on_real(judge, ctx: RunContext) -> dict[str, torch.Tensor]:
     """attribute -> bool [n] correctness on real renders of the eval captions, plus "all"; memoised per dataset."""
     memo = judge.__dict__.setdefault("_bench_real_memo", {})

@@ -25,10 +25,6 @@ class CapsArgs:
     batch_size: int = field(default=128, metadata={"min": 1, "help": "images per captioner call"})
 
 
-def missing_resources(args: CapsArgs) -> list[str]:
-    return []
-
-
 class CaptionScore(StreamingMetric):
     def __init__(self, args: CapsArgs):
         super().__init__()

@@ -23,10 +23,6 @@ class ClipScoreArgs:
     batch_size: int = field(default=64, metadata={"min": 1, "help": "images per encoder call"})
 
 
-def missing_resources(args: ClipScoreArgs) -> list[str]:
-    return []  # the evaluator is a component; its files are the component's business
-
-
 @torch.no_grad()
 def clip_scores(clip, images: torch.Tensor, captions: list[str]) -> torch.Tensor:
     """Per image: 100 * max(cos(image_i, caption_i), 0), float64 [B]."""

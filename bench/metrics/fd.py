@@ -121,3 +121,6 @@ class FrechetDistance(FeatureMetric):
                   args=FDArgs)
 def build_fd(args: FDArgs) -> FrechetDistance:
     return FrechetDistance(args)
+
+
+build_fd.missing_resources = missing_resources

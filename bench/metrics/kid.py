@@ -100,3 +100,6 @@ class KernelDistance(FeatureMetric):
                   args=KIDArgs)
 def build_kid(args: KIDArgs) -> KernelDistance:
     return KernelDistance(args)
+
+
+build_kid.missing_resources = missing_resources

@@ -21,10 +21,6 @@ from bench.api import MetricValue, RunContext, SampleBatch, TimingRecord
 from bench.registry import METRICS
 
 
-def missing_resources(args) -> list[str]:
-    return []
-
-
 def latest_settings_only(timings: list[TimingRecord]) -> list[TimingRecord]:
     """Each process's calls made with the batch size, threads and device of its latest call."""
     def settings(t: TimingRecord) -> tuple:
