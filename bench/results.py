@@ -303,9 +303,13 @@ def markdown(df: pd.DataFrame, per_caption: dict | None = None, headline: bool =
     if not table.empty:
         systems = df[~_is_component(df) & (df["source"] == "measured")]
         several = (systems.groupby(["system", "metric", "variant"], dropna=False).size() > 1).any()
-        legend = ("mean ± std over seeds " if several else "one seed: ") + (
-            f"[95% bootstrap interval over captions]; {BIASED_MARK} n not above the feature dimension (FD is biased there).")
-        parts.append(table.to_markdown(disable_numparse=True) + "\n\n" + legend)
+        cells = [str(c) for c in table.to_numpy().ravel()]
+        legend = ["mean ± std over seeds" if several else "one seed"]
+        if any("[" in c for c in cells):
+            legend[0] += " [95% bootstrap interval over captions]"
+        if any(BIASED_MARK in c for c in cells):
+            legend.append(f"{BIASED_MARK} n not above the feature dimension (FD is biased there)")
+        parts.append(table.to_markdown(disable_numparse=True) + "\n\n" + "; ".join(legend) + ".")
     components = pivot(df[_is_component(df)])
     if not components.empty:
         parts.append("components:\n\n" + components.to_markdown(disable_numparse=True))

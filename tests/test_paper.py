@@ -167,7 +167,21 @@ def test_the_plain_table_legend_says_one_seed_when_there_is_one(run):
     assert "mean ± std over seeds [95% bootstrap" in markdown(df, pc)
     one = df[df["seed"].isin([0, -1])]
     text = markdown(one, pc)
-    assert "one seed: [95% bootstrap interval over captions]" in text and "std over seeds" not in text
+    assert "one seed [95% bootstrap interval over captions]" in text and "std over seeds" not in text
+
+
+def test_the_plain_table_legend_explains_only_what_its_cells_show(run):
+    from bench.results import BIASED_MARK, markdown
+
+    df, pc = run
+    fd = df["metric"].str.startswith("fd")
+    assert BIASED_MARK not in markdown(df, pc)  # no FD row is marked rank-deficient
+    df = df.copy()
+    df.loc[fd & (df["system"] == "vqgan-clip"), "extra"] = '{"rank_deficient": true}'
+    assert BIASED_MARK in markdown(df, pc) and "FD is biased there" in markdown(df[fd], pc)
+    no_fd = markdown(df[~fd], pc)
+    assert BIASED_MARK not in no_fd and "[95% bootstrap" in no_fd
+    assert "[95% bootstrap" not in markdown(df[~fd])  # without per-caption values: no intervals to explain
 
 
 def test_the_plain_table_keeps_each_cell_as_formatted():
