@@ -144,18 +144,25 @@ def validate(suite_paths, overrides) -> None:
         sys.exit(2)
 
 
+def _trains_on(entry) -> str:
+    reads = getattr(entry.factory, "reads", None)  # the data a trained one is keyed by (Builder.data_key)
+    return f" [trains on: {' + '.join(reads)}]" if reads else ""
+
+
 @cli.command(name="ls")
-def ls_() -> None:
-    """List datasets, systems, metrics, component kinds and presets."""
+@click.argument("name", required=False)
+def ls_(name) -> None:
+    """List datasets, systems, metrics, component kinds and presets; with NAME, that entry's arguments."""
     from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 
-    for title, reg in (("datasets", DATASETS), ("systems", SYSTEMS), ("metrics", METRICS),
-                       ("component kinds", COMPONENTS)):
+    registries = (("datasets", DATASETS), ("systems", SYSTEMS), ("metrics", METRICS), ("component kinds", COMPONENTS))
+    if name is not None:
+        _ls_one(name, registries)
+        return
+    for title, reg in registries:
         click.echo(f"{title}:")
         for e in reg.entries():
-            reads = getattr(e.factory, "reads", None)  # the data a trained one is keyed by (Builder.data_key)
-            trains_on = f" [trains on: {' + '.join(reads)}]" if reads else ""
-            click.echo(f"  {e.name:<22} {e.description}{trains_on}")
+            click.echo(f"  {e.name:<22} {e.description}{_trains_on(e)}")
     from reference.clip import PRESETS as CLIP_PRESETS
     from reference.configs import PRESETS
 
@@ -169,6 +176,26 @@ def ls_() -> None:
         cfg = p.model_cfg
         click.echo(f"  {name:<22} tiny open_clip CLIP, {cfg['embed_dim']}-d, {cfg['vision_cfg']['image_size']}px, "
                    f"text context {cfg['text_cfg']['context_length']}")
+
+
+def _ls_one(name: str, registries) -> None:
+    """Each entry called `name`, with its arguments (a component kind's are those of its `train:`)."""
+    from bench.registry import describe_args
+
+    found = [(title, reg.get(name)) for title, reg in registries if name in reg]
+    if not found:
+        fail(f"nothing is called {name!r}; `bench ls` lists the datasets, systems, metrics and component kinds")
+    for title, e in found:
+        where = "train:" if title == "component kinds" else "args:"
+        click.echo(f"{title[:-1]} {e.name}: {e.description}{_trains_on(e)}")
+        rows = describe_args(e.args)
+        if not rows:
+            click.echo("  (no arguments)")
+            continue
+        click.echo(f"  {where}")
+        widths = [max(len(r[i]) for r in rows) for i in range(3)]
+        for r in rows:
+            click.echo("    " + "  ".join(c.ljust(w) for c, w in zip(r, widths)) + ("  " + r[3] if r[3] else ""))
 
 
 @cli.command()

@@ -3,13 +3,14 @@
 Each entry may declare an `args` dataclass: the suite loader checks a YAML
 entry's `args:` against it (unknown key, wrong type, out of range, unknown
 component) before anything heavy runs. Field metadata understood by the loader:
-  help: one line for `bench ls`
+  help: one line for `bench ls NAME`
   min / max: inclusive numeric bounds (applied to every element of a list)
   choices: allowed values
   component: the value names a declared component of this kind ("clip", "vqgan", ...)
   system: the value names another system alias in the suite
   path: the value is a file path; relative paths are taken from the suite file's folder (True: a bare
         word without / or . is left alone, it may name a model; "dir": always a folder path)
+`bench ls NAME` prints an entry's arguments with this metadata (`describe_args`).
 
 Third-party packages add entries through the entry-point group
 `clipgen_bench.plugins`: each entry point is a module (or callable) that
@@ -17,6 +18,9 @@ registers on import.
 """
 from __future__ import annotations
 
+import dataclasses
+import types
+import typing
 from dataclasses import dataclass
 from importlib import import_module
 from importlib.metadata import entry_points
@@ -65,6 +69,64 @@ class Registry:
     def entries(self) -> list[Entry]:
         load_all()
         return [self._entries[n] for n in sorted(self._entries)]
+
+
+def describe_args(cls: type | None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+    """(dotted name, type, default, what the metadata says) per argument of an args dataclass; a nested args
+    dataclass (e.g. a system's `train:`) gives its fields as `train.NAME`."""
+    if cls is None:
+        return []
+    hints = typing.get_type_hints(cls)
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp, name = hints[f.name], prefix + f.name
+        if dataclasses.is_dataclass(tp):
+            rows += describe_args(tp, name + ".")
+            continue
+        if f.default is not dataclasses.MISSING:
+            default = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        else:
+            default = "(required)"
+        rows.append((name, _type_name(tp), _yaml_text(default), _meta_text(f.metadata)))
+    return rows
+
+
+def _yaml_text(value: Any) -> str:
+    """A default as a suite would write it ("-" for none)."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (tuple, list)):
+        return "[" + ", ".join(_yaml_text(v) for v in value) + "]"
+    return str(value)
+
+
+def _type_name(tp: Any) -> str:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) in (tuple, list):
+        return f"list of {_type_name(typing.get_args(tp)[0])}" if typing.get_args(tp) else "list"
+    return "null" if tp is type(None) else getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _meta_text(meta: typing.Mapping) -> str:
+    parts = []
+    if "min" in meta or "max" in meta:
+        parts.append(" and ".join(f"{op} {meta[k]}" for k, op in (("min", ">="), ("max", "<=")) if k in meta))
+    if "choices" in meta:
+        parts.append("one of " + ", ".join(map(str, meta["choices"])))
+    if "component" in meta:
+        parts.append(f"names a {meta['component']} component")
+    if "system" in meta:
+        parts.append("names a system alias")
+    if meta.get("path"):
+        parts.append("a folder path" if meta["path"] == "dir" else "a file path")
+    if "help" in meta:
+        parts.append(meta["help"])
+    return "; ".join(parts)
 
 
 DATASETS = Registry("dataset")

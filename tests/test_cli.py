@@ -46,6 +46,46 @@ def test_ls_lists_every_registry_with_descriptions():
     assert "trains on" not in lines["real-images"]
 
 
+def test_ls_name_shows_every_argument_with_its_default_bounds_and_help():
+    import dataclasses
+
+    from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
+
+    out = CliRunner().invoke(cli, ["ls", "clipgen"]).output
+    lines = {line.split()[0]: line.split(None, 3) for line in out.splitlines()[2:]}
+    assert lines["train.preset"][1:3] == ["str", "tiny"] and "one of tiny, small, paper" in lines["train.preset"][3]
+    assert lines["candidates"][1:] == ["int", "1", ">= 1; samples per caption, best kept by rerank_clip"]
+    assert " ".join(" ".join(lines["top_p"]).split()) == "top_p float | null - >= 0.0 and <= 1.0"
+    assert lines["compile"][2] == "false"
+    assert out.splitlines()[0].startswith("system clipgen: ") and out.splitlines()[0].endswith("[trains on: train]")
+
+    def fields(cls, prefix=""):  # (dotted name, metadata), nested args dataclasses expanded
+        for f in dataclasses.fields(cls):
+            tp = f.type if not isinstance(f.type, str) else None
+            nested = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+            if dataclasses.is_dataclass(nested) or dataclasses.is_dataclass(tp):
+                yield from fields(type(nested) if nested is not None else tp, prefix + f.name + ".")
+            else:
+                yield prefix + f.name, f.metadata
+
+    for registry in (DATASETS, SYSTEMS, METRICS, COMPONENTS):
+        for entry in registry.entries():
+            result = CliRunner().invoke(cli, ["ls", entry.name])
+            assert result.exit_code == 0, result.output
+            shown = {line.split()[0]: line for line in result.output.splitlines() if line.startswith("    ")}
+            if entry.args is None:
+                assert "(no arguments)" in result.output
+                continue
+            for name, meta in fields(entry.args):
+                assert name in shown, (entry.name, name)
+                assert meta.get("help", "") in shown[name], (entry.name, name)
+
+
+def test_ls_of_an_unknown_name_is_one_line_and_exit_2():
+    result = CliRunner().invoke(cli, ["ls", "nope"])
+    assert result.exit_code == 2 and result.output.count("\n") == 1 and "nothing is called 'nope'" in result.output
+
+
 def test_bench_reexecs_itself_with_the_process_settings_and_keeps_the_users_own():
     env = {k: v for k, v in os.environ.items() if k not in PROCESS_ENV and k != "BENCH_NO_REEXEC"}
     proc = subprocess.run([sys.executable, "-m", "bench", "info"], capture_output=True, text=True, env=env,
