@@ -158,3 +158,22 @@ def load_all() -> None:
             _load_failure = UserError(f"plugin {ep.name!r} ({ep.value}) failed to load: {type(err).__name__}: "
                                       f"{err}; fix or uninstall the package that provides it")
             raise _load_failure from err
+    _check_declarations()
+
+
+def _check_declarations() -> None:
+    """Every factory's `reads` (the splits its cache keys name) is well formed: a mistake there is one line at
+    start-up, naming the entry and its module, not a traceback when the entry is first built."""
+    global _load_failure
+    from bench.datasets.base import check_reads
+
+    for registry in (DATASETS, SYSTEMS, METRICS, COMPONENTS):
+        for entry in registry._entries.values():
+            reads = getattr(entry.factory, "reads", None)
+            if reads is None:
+                continue
+            try:
+                check_reads(reads, f"{registry.kind} {entry.name!r} ({entry.factory.__module__})")
+            except ValueError as err:
+                _load_failure = UserError(str(err))
+                raise _load_failure from None

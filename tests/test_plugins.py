@@ -55,6 +55,26 @@ def test_an_installed_plugin_registers_a_system_that_suites_can_name(tmp_path):
     assert checked.returncode == 0, checked.stderr
 
 
+BAD_READS = '''
+from bench.registry import SYSTEMS
+
+@SYSTEMS.register("plugin-bad-reads", "declares its split as a bare string")
+def build(args, ctx):
+    raise NotImplementedError
+
+build.reads = "train"
+'''
+
+
+def test_a_plugin_factory_with_malformed_reads_is_one_error_at_start_up(tmp_path):
+    install(tmp_path, "bad_reads_plugin", BAD_READS)
+    result = bench(tmp_path, "ls")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "system 'plugin-bad-reads' (bad_reads_plugin): reads='train'; a tuple of the splits" in lines[0]
+
+
 def test_a_plugin_that_fails_to_load_is_one_clear_error(tmp_path):
     install(tmp_path, "broken_plugin", BROKEN)
     result = bench(tmp_path, "ls")

@@ -19,7 +19,7 @@ DESCRIPTIONS = ("name", "resolution", "attributes", "identity", "split_identity"
 
 def check_reads(reads, who: str) -> tuple[str, ...]:
     """A factory's `reads`, checked: a tuple of SPLITS."""
-    if isinstance(reads, str) or not all(split in SPLITS for split in reads):
+    if not isinstance(reads, (tuple, list)) or not all(split in SPLITS for split in reads):
         raise ValueError(f"{who}: reads={reads!r}; a tuple of the splits {SPLITS} (eval data may not shape a trained "
                          "artefact; a factory without `reads` is keyed by the whole dataset identity)")
     return tuple(reads)
