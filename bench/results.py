@@ -60,9 +60,8 @@ def measured_row(suite, system_spec, system, metric_spec, value, seed: int, devi
     """samples_made_by: the fingerprint in the samples' made-by.json (what built the system that made them);
     run: the runner's provenance of the run and of the components the metric used (Runner.run_provenance)."""
     extra = {**(run or {}), **value.extra}
-    for key in ("training", "candidates", "rerank_clip"):
-        if hasattr(system, "provenance") and key in system.provenance():
-            extra.setdefault(key, system.provenance()[key])
+    for key, what in (system.provenance() if hasattr(system, "provenance") else {}).items():
+        extra.setdefault(key, what)  # how the system was made (training, sampling settings): the metric's keys win
     if samples_made_by is not None:
         extra.setdefault("samples_made_by", samples_made_by)
     return {

@@ -322,3 +322,23 @@ def test_a_modality_gap_without_repeated_captions_leaves_out_the_image_image_row
     df = Runner(load_suite(p), out_dir=tmp_path / "run", progress=False).run().frame()
     gap = df[df["metric"] == "modality-gap"]
     assert sorted(gap["variant"]) == ["image-text-cosine", "mean-difference-norm"] and gap["value"].notna().all()
+
+
+def test_a_row_carries_every_key_of_its_systems_provenance_and_the_metrics_own_win(tmp_path):
+    from bench.api import MetricValue
+    from bench.results import measured_row
+
+    (tmp_path / "s.yaml").write_text("suite: s\nversion: 1\ndataset: {name: shapes}\nsystems: [{name: noise}]\n"
+                                     "metrics: [{name: throughput}]\n")
+    suite = load_suite(tmp_path / "s.yaml")
+
+    class Made:
+        uses_captions = False
+
+        def provenance(self):
+            return {"training": {"steps": 7}, "sampler": "ddim-50", "note": "the system's"}
+
+    value = MetricValue("throughput", "images/s", 3.0, 8, extra={"note": "the metric's"})
+    extra = json.loads(measured_row(suite, suite.systems[0], Made(), suite.metrics[0], value, 0, "cpu",
+                                    run={"run": "r"})["extra"])
+    assert extra == {"training": {"steps": 7}, "sampler": "ddim-50", "note": "the metric's", "run": "r"}
