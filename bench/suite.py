@@ -610,8 +610,9 @@ def _reported(c: _Checker, raw: Any) -> tuple[ReportedRow, ...]:
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 c.fail(p + ("values", key), f"expected a number, got {_describe(v)}")
             metric, _, variant = key.partition("/")
-            if metric not in METRIC_NAMES_REPORTABLE:
-                c.fail(p + ("values", key), f"unknown metric {metric!r}; allowed: {', '.join(METRIC_NAMES_REPORTABLE)}")
+            allowed = reportable_metric_names()
+            if metric not in allowed:
+                c.fail(p + ("values", key), f"unknown metric {metric!r}; allowed: {', '.join(allowed)}")
             parsed.append(ReportedValue(metric, variant, float(v)))
         rows.append(ReportedRow(entry["system"], entry["citation"], uses, tuple(parsed)))
     return tuple(rows)
@@ -621,3 +622,10 @@ def _reported(c: _Checker, raw: Any) -> tuple[ReportedRow, ...]:
 # bench.features.FD_METRIC_NAME and bench.metrics.kid.KID_METRIC_NAME, and a test keeps them in step)
 METRIC_NAMES_REPORTABLE = ("fid", "fd-effnet-lite0", "fd-clip", "kid", "kid-effnet-lite0", "kid-clip", "clip-score",
                            "caps", "caploss", "attribute-accuracy", "class-accuracy", "throughput")
+
+
+def reportable_metric_names() -> list[str]:
+    """The built-in metrics' row names, then each plugin metric's registered name (the row name a plugin's
+    reported values use: docs/plugins.md)."""
+    plugins = [e.name for e in METRICS.entries() if not e.factory.__module__.startswith("bench.")]
+    return [*METRIC_NAMES_REPORTABLE, *(n for n in plugins if n not in METRIC_NAMES_REPORTABLE)]

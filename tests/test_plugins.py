@@ -75,6 +75,31 @@ def test_a_plugin_factory_with_malformed_reads_is_one_error_at_start_up(tmp_path
     assert "system 'plugin-bad-reads' (bad_reads_plugin): reads='train'; a tuple of the splits" in lines[0]
 
 
+METRIC = '''
+from bench.registry import METRICS
+
+@METRICS.register("plugin-sharpness", "a plugin metric, its rows named after it")
+def build(args):
+    raise NotImplementedError
+'''
+
+
+def test_a_plugin_metrics_name_may_carry_reported_values(tmp_path):
+    install(tmp_path, "sharpness_plugin", METRIC)
+    suite = tmp_path / "s.yaml"
+    reported = ("reported: [{system: Paper, citation: 'Someone 2025, Table 2', "
+                "values: {plugin-sharpness/edges: 0.8, fid: 12.0, %s: 1.0}}]\n")
+    suite.write_text("suite: s\nversion: 1\ndataset: {name: shapes}\nsystems: [{name: noise}]\n"
+                     + reported % "clip-score")
+    checked = bench(tmp_path, "validate", str(suite))
+    assert checked.returncode == 0, checked.stderr
+    suite.write_text("suite: s\nversion: 1\ndataset: {name: shapes}\nsystems: [{name: noise}]\n"
+                     + reported % "fd")  # a registered built-in whose rows are named fid / fd-*: not a row name
+    checked = bench(tmp_path, "validate", str(suite))
+    assert checked.returncode == 2 and "unknown metric 'fd'; allowed: fid," in checked.stderr
+    assert checked.stderr.strip().endswith("throughput, plugin-sharpness")
+
+
 def test_a_plugin_that_fails_to_load_is_one_clear_error(tmp_path):
     install(tmp_path, "broken_plugin", BROKEN)
     result = bench(tmp_path, "ls")
