@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Any, Callable
 
@@ -70,10 +71,10 @@ class Builder:
                     "gpu": torch.cuda.get_device_name(self.device) if torch.cuda.is_available() else ""}
         return {"device": "cpu", "threads": self.build_threads or torch.get_num_threads(), "libraries": library_versions()}
 
-    def code_of(self, module: str) -> str:
+    def code_of(self, *modules: str) -> str:
         """Fingerprint of the code behind an artefact: the reference package (models, training, sampling), the
-        module that builds it (a component's or system's) and the dataset's modules."""
-        return code_fingerprint("reference", module, *self._dataset.code_modules())
+        modules that build it (a component's or system's factory, its train function's) and the dataset's."""
+        return code_fingerprint("reference", *modules, *self._dataset.code_modules())
 
     def _factory(self, item: Item) -> Callable:
         kind, name = item
@@ -129,7 +130,8 @@ class Builder:
         """BuildContext.cached for `item` (its factory's context passes it); with no item, keyed by the whole
         dataset and never deferred."""
         data = self.data_key(item) if item is not None else {"all": self._dataset.identity()}
-        key = {**key, "data": data, "trained_on": self.trained_on(), "code": self.code_of(train.__module__)}
+        modules = {_module_of(train)} | ({self._factory(item).__module__} if item is not None else set())
+        key = {**key, "data": data, "trained_on": self.trained_on(), "code": self.code_of(*sorted(modules))}
         self._record({artefact_dir("", kind, key).as_posix()})
         target = artefact_dir(self.cache_dir, kind, key)
         if self.defer_training and item is not None and not (target / "key.json").exists():
@@ -174,6 +176,13 @@ class Builder:
             self._systems[alias] = system
         self._record(self._made_of.get(("system", alias), set()))
         return self._systems[alias]
+
+
+def _module_of(fn: Callable) -> str:
+    """The module that defines `fn`'s code: a functools.partial's function's, not functools'."""
+    while isinstance(fn, functools.partial):
+        fn = fn.func
+    return getattr(fn, "__module__", None) or "__main__"
 
 
 class ItemContext:

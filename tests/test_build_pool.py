@@ -121,6 +121,22 @@ def test_the_cache_key_names_the_code(suite_file, tmp_path, monkeypatch):
     assert ("reference", "bench.components.vqgan_component", "bench.datasets.shapes") in seen
 
 
+def test_the_code_in_a_key_is_the_factorys_and_the_train_functions_not_functools(suite_file, tmp_path, monkeypatch):
+    import functools
+
+    suite = load_suite(suite_file)
+    builder = Builder(suite, build_dataset(suite.dataset), "cpu", str(tmp_path / "cache"), progress=False,
+                      build_threads=1)
+    seen = []
+    real = bench.build.code_fingerprint
+    monkeypatch.setattr(bench.build, "code_fingerprint", lambda *mods: seen.append(mods) or real(*mods))
+    builder._building.append(("component", "judge"))  # as while the judge's factory runs
+    value = builder.cached("thing", {}, functools.partial(int, "7"), save=lambda obj, d: None, load=lambda d: 0,
+                           item=("component", "judge"))
+    assert value == 7
+    assert seen == [("reference", "bench.components.judge", "builtins", "bench.datasets.shapes")]
+
+
 def test_the_gpt_key_names_the_precision_it_trained_in(tmp_path):
     """precision: auto trains in bf16 where the CPU runs it natively, else fp32, and its key names the one used:
     it loads the artefact of the explicit setting it resolves to, and fp32 and bf16 are two artefacts."""
