@@ -97,9 +97,13 @@ def code_fingerprint(*modules: str) -> str:
     return h.hexdigest()[:20]
 
 
+# modules inside fingerprinted packages that cannot change a number (display only), so editing them retrains nothing
+UNKEYED_MODULES = frozenset({"reference.progress"})
+
+
 def _module_files(name: str) -> tuple[Path, list[Path]]:
-    """(folder, the module's source files): every file under a package. A module without a findable source (code
-    typed into an interpreter) gives no files, so only its name counts."""
+    """(folder, the module's source files): every file under a package but those in UNKEYED_MODULES. A module
+    without a findable source (code typed into an interpreter) gives no files, so only its name counts."""
     module = sys.modules.get(name)
     origin = getattr(module, "__file__", None)
     if origin is None:
@@ -112,7 +116,9 @@ def _module_files(name: str) -> tuple[Path, list[Path]]:
         return Path("."), []
     origin = Path(origin)
     if origin.name == "__init__.py":  # a package: all of its modules
-        return origin.parent, sorted(origin.parent.rglob("*.py"))
+        files = sorted(origin.parent.rglob("*.py"))
+        dotted = {f: ".".join((name, *f.relative_to(origin.parent).with_suffix("").parts)) for f in files}
+        return origin.parent, [f for f in files if dotted[f] not in UNKEYED_MODULES]
     return origin.parent, [origin]
 
 

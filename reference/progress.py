@@ -8,6 +8,7 @@ reads to show their progress).
 """
 from __future__ import annotations
 
+import math
 import os
 import sys
 
@@ -27,15 +28,17 @@ def on_terminal(stream=None) -> bool:
 
 def _log_interval() -> float:
     try:  # read now: tqdm reads its TQDM_* defaults once, when it is imported
-        return float(os.environ["TQDM_MININTERVAL"])
+        seconds = float(os.environ["TQDM_MININTERVAL"])
     except (KeyError, ValueError):
         return LOG_INTERVAL_S
+    return seconds if math.isfinite(seconds) and seconds >= 0 else LOG_INTERVAL_S
 
 
 def progress_bar(iterable=None, *, enabled: bool, in_logs: bool = True, **kwargs) -> tqdm:
-    """A tqdm bar (same arguments) shown when `enabled`; `leave` applies on a terminal. A bar whose frames tell a log
-    nothing (a status line that the caller also reports in plain lines) passes `in_logs=False`: it then draws only
-    on a terminal."""
+    """A tqdm bar (tqdm's arguments; `disable` adds to `not enabled`) shown when `enabled`; `leave` applies on a
+    terminal. A bar whose frames tell a log nothing (a status line that the caller also reports in plain lines)
+    passes `in_logs=False`: it then draws only on a terminal."""
+    enabled = enabled and not kwargs.pop("disable", False)
     if on_terminal(kwargs.get("file")):
         kwargs.setdefault("dynamic_ncols", True)
     else:

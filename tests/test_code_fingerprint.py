@@ -66,3 +66,17 @@ def test_one_function_of_a_module(pkg):
 def test_a_module_without_source_counts_by_name(monkeypatch):
     monkeypatch.setitem(sys.modules, "typed_in", type(sys)("typed_in"))  # no __file__, as in an interpreter
     assert _fresh("typed_in") == _fresh("typed_in") != _fresh("typed_in_too")
+
+
+def test_a_display_only_module_is_left_out_of_its_packages_fingerprint(pkg, monkeypatch):
+    import bench.cache
+
+    from bench.cache import UNKEYED_MODULES
+
+    assert "reference.progress" in UNKEYED_MODULES  # progress bars: they draw, they never change a number
+    monkeypatch.setattr(bench.cache, "UNKEYED_MODULES", frozenset({"fp_pkg.sub.deep"}))
+    whole = _fresh("fp_pkg")
+    (pkg / "sub" / "deep.py").write_text("Y = 2\n")
+    assert _fresh("fp_pkg") == whole
+    (pkg / "model.py").write_text(MODULE.replace("SCALE = 2", "SCALE = 3"))
+    assert _fresh("fp_pkg") != whole

@@ -48,8 +48,14 @@ def test_the_environment_sets_the_interval_in_a_log(monkeypatch):
     assert progress_bar(total=5, enabled=True, file=io.StringIO()).mininterval == LOG_INTERVAL_S
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-1", "soon"])
+def test_a_nonsense_interval_in_the_environment_falls_back_to_the_log_interval(monkeypatch, value):
+    monkeypatch.setenv("TQDM_MININTERVAL", value)
+    assert progress_bar(total=5, enabled=True, file=io.StringIO()).mininterval == LOG_INTERVAL_S
+
+
 def test_disabled_bars_and_terminal_only_bars_write_nothing_to_a_log():
-    assert _run(io.StringIO(), enabled=False) == ""
+    assert _run(io.StringIO(), enabled=False) == "" == _run(Terminal(), enabled=True, disable=True)
     assert _run(io.StringIO(), enabled=True, in_logs=False) == ""
     assert "2000/2000" in _run(Terminal(), enabled=True, in_logs=False)
     assert _run(Terminal(), enabled=False) == ""
