@@ -117,9 +117,11 @@ class Builder:
             if item in self._building:
                 raise UserError(f"components depend on each other in a cycle: {self._cycle(item)}")
             self._building.append(item)
+            ctx = self.context(item)
             try:
-                self._components[name] = COMPONENTS.get(spec.kind).factory(spec, self.context(item))
+                self._components[name] = COMPONENTS.get(spec.kind).factory(spec, ctx)
             finally:
+                ctx.close()
                 self._building.pop()
         item = ("component", name)
         self._record(self._made_of.get(item, set()) | {f"component:{name}/{key_hash(self.key_of(name))}"})
@@ -169,9 +171,11 @@ class Builder:
                 {f"system:{alias}/{key_hash({'name': spec.name, 'args': args_dict(spec.args), 'code': code})}"}
                 | {f"file:{path}/{key_hash(path_stamp(path))}" for path in files})
             self._building.append(item)
+            ctx = self.context(item)
             try:
-                system = SYSTEMS.get(spec.name).factory(spec.args, self.context(item))
+                system = SYSTEMS.get(spec.name).factory(spec.args, ctx)
             finally:
+                ctx.close()
                 self._building.pop()
             self._systems[alias] = system
         self._record(self._made_of.get(("system", alias), set()))
@@ -193,11 +197,15 @@ class ItemContext:
     (or for nothing), so that raises."""
 
     def __init__(self, builder: Builder, item: Item):
-        self._builder, self._item = builder, item
+        self._builder, self._item, self._open = builder, item, True
         self.device, self.cache_dir, self.progress = builder.device, builder.cache_dir, builder.progress
 
+    def close(self) -> None:
+        """The factory returned (a later build of the same item gets a new context)."""
+        self._open = False
+
     def _live(self, what: str) -> None:
-        if self._item not in self._builder._building:
+        if not self._open:
             kind, name = self._item
             raise RuntimeError(f"{kind} {name!r}: ctx.{what} used after its factory returned; build (and load) "
                                f"everything inside the factory")

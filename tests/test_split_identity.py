@@ -151,9 +151,7 @@ def test_a_factory_reading_an_undeclared_split_fails_before_training(tmp_path, m
     # the language-free GPT's factory may read neither captions nor eval data
     monkeypatch.setattr(build_vqgan, "reads", ("train",))
     builder.system("lf")
-    guarded = builder.context(("system", "lf"))
-    with pytest.raises(RuntimeError, match=r"system 'lf': ctx.dataset used after its factory returned"):
-        guarded.dataset
+    guarded = builder.context(("system", "lf"))  # what the factory of system 'lf' gets
     builder._building.append(("system", "lf"))  # as while its factory runs
     for read in (lambda d: d.pairs(), lambda d: d.eval_captions(), lambda d: d._eval, lambda d: d.num_captions):
         with pytest.raises(RuntimeError, match="declares reads=\\('train',\\)"):
@@ -166,25 +164,38 @@ def test_a_factory_reading_an_undeclared_split_fails_before_training(tmp_path, m
             builder.key_of("vqgan")
 
 
-def test_a_factory_context_used_after_the_factory_returned_raises(tmp_path):
+def test_a_factory_context_used_after_the_factory_returned_raises(tmp_path, monkeypatch):
     """A system that kept its ctx and trained lazily, at its first generate, would be keyed by the splits of
     whatever was being built then (or the whole dataset) and recorded in no item's provenance."""
-    (tmp_path / "keys.yaml").write_text(SUITE)
+    from bench.registry import SYSTEMS, Entry
+
+    (tmp_path / "keys.yaml").write_text(SUITE.replace("systems:\n", "systems:\n  - {name: noise, alias: keeper}\n"))
     suite = load_suite(tmp_path / "keys.yaml")
     builder = Builder(suite, build_dataset(suite.dataset), "cpu", str(tmp_path / "cache"), progress=False)
-    ctx = builder.context(("system", "lf"))  # what the factory of system 'lf' gets
+    kept = []
+
+    def keeper(args, ctx):  # a factory that keeps its ctx, and while it runs builds a component
+        kept.append(ctx)
+        assert ctx.dataset.train_images().shape[0] == 64
+        ctx.component("clip")  # CLIP trains on the pairs: while it builds, this ctx still answers for 'keeper'
+        if len(kept) == 2:  # built again: the first build's ctx stays closed, though 'keeper' is building
+            with pytest.raises(RuntimeError, match="used after its factory returned"):
+                kept[0].dataset
+        return len(kept)
+
+    monkeypatch.setitem(SYSTEMS._entries, "noise", Entry("noise", keeper, "test", None))
+    monkeypatch.setattr(keeper, "reads", ("train",), raising=False)
+    assert builder.system("keeper") == 1
+    (ctx,) = kept
     save, load = (lambda obj, d: None), (lambda d: 1)
-    builder._building.append(("system", "lf"))  # while the factory runs
-    assert ctx.dataset.train_images().shape[0] == 64
-    builder._building.append(("component", "clip"))  # ... and builds a component: ctx still answers for 'lf'
-    with pytest.raises(RuntimeError, match=r"system 'lf' reads the pairs split"):
-        ctx.dataset.pairs()
-    builder._building.clear()  # the factory returned
-    for late in (lambda: ctx.cached("thing", {}, lambda: 1, save, load), lambda: ctx.dataset,
-                 lambda: ctx.component("vqgan"), lambda: ctx.system("lf")):
-        with pytest.raises(RuntimeError, match=r"system 'lf': ctx\.\w+ used after its factory returned"):
+    late_calls = (lambda: ctx.cached("thing", {}, lambda: 1, save, load), lambda: ctx.dataset,
+                  lambda: ctx.component("vqgan"), lambda: ctx.system("lf"))
+    for late in late_calls:
+        with pytest.raises(RuntimeError, match=r"system 'keeper': ctx\.\w+ used after its factory returned"):
             late()
-    assert not (tmp_path / "cache").exists()
+    del builder._systems["keeper"]  # built again, as the build pool does after a worker trained what it needed
+    assert builder.system("keeper") == 2
+    assert not list((tmp_path / "cache").glob("thing"))
 
 
 def test_the_language_free_parts_may_read_no_caption():
