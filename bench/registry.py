@@ -71,25 +71,32 @@ class Registry:
         return [self._entries[n] for n in sorted(self._entries)]
 
 
-def describe_args(cls: type | None, prefix: str = "") -> list[tuple[str, str, str, str]]:
+_REQUIRED = object()
+
+
+def describe_args(cls: type | None, prefix: str = "", defaults: Any = None) -> list[tuple[str, str, str, str]]:
     """(dotted name, type, default, what the metadata says) per argument of an args dataclass; a nested args
-    dataclass (e.g. a system's `train:`) gives its fields as `train.NAME`."""
+    dataclass (e.g. a system's `train:`) gives its fields as `train.NAME`, with the defaults of the instance its
+    field defaults to (`defaults`)."""
     if cls is None:
         return []
     hints = typing.get_type_hints(cls)
     rows = []
     for f in dataclasses.fields(cls):
         tp, name = hints[f.name], prefix + f.name
-        if dataclasses.is_dataclass(tp):
-            rows += describe_args(tp, name + ".")
-            continue
-        if f.default is not dataclasses.MISSING:
+        if defaults is not None:
+            default = getattr(defaults, f.name)
+        elif f.default is not dataclasses.MISSING:
             default = f.default
         elif f.default_factory is not dataclasses.MISSING:
             default = f.default_factory()
         else:
-            default = "(required)"
-        rows.append((name, _type_name(tp), _yaml_text(default), _meta_text(f.metadata)))
+            default = _REQUIRED
+        if dataclasses.is_dataclass(tp):
+            rows += describe_args(tp, name + ".", None if default is _REQUIRED else default)
+            continue
+        rows.append((name, _type_name(tp), "(required)" if default is _REQUIRED else _yaml_text(default),
+                     _meta_text(f.metadata)))
     return rows
 
 
@@ -97,6 +104,8 @@ def _yaml_text(value: Any) -> str:
     """A default as a suite would write it ("-" for none)."""
     if value is None:
         return "-"
+    if value == "":
+        return '""'
     if isinstance(value, bool):
         return str(value).lower()
     if isinstance(value, (tuple, list)):
@@ -107,6 +116,8 @@ def _yaml_text(value: Any) -> str:
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) in (typing.Union, types.UnionType):
         return " | ".join(_type_name(a) for a in typing.get_args(tp))
+    if typing.get_origin(tp) is typing.Literal:
+        return " | ".join(map(repr, typing.get_args(tp)))
     if typing.get_origin(tp) in (tuple, list):
         return f"list of {_type_name(typing.get_args(tp)[0])}" if typing.get_args(tp) else "list"
     return "null" if tp is type(None) else getattr(tp, "__name__", str(tp).replace("typing.", ""))

@@ -81,6 +81,27 @@ def test_ls_name_shows_every_argument_with_its_default_bounds_and_help():
                 assert meta.get("help", "") in shown[name], (entry.name, name)
 
 
+def test_describe_args_shows_required_literal_empty_and_nested_factory_defaults():
+    from dataclasses import dataclass, field
+    from typing import Literal
+
+    from bench.registry import describe_args
+
+    @dataclass(frozen=True)
+    class Inner:
+        steps: int = 5
+        mode: Literal["a", "b"] = "a"
+
+    @dataclass(frozen=True)
+    class Outer:
+        need: int = field(metadata={"min": 1, "help": "no default"})
+        root: str = ""
+        train: Inner = field(default_factory=lambda: Inner(steps=9))
+
+    assert describe_args(Outer) == [("need", "int", "(required)", ">= 1; no default"), ("root", "str", '""', ""),
+                                     ("train.steps", "int", "9", ""), ("train.mode", "'a' | 'b'", "a", "")]
+
+
 def test_ls_of_an_unknown_name_is_one_line_and_exit_2():
     result = CliRunner().invoke(cli, ["ls", "nope"])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "nothing is called 'nope'" in result.output
