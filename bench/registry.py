@@ -157,9 +157,13 @@ def load_all() -> None:
         raise _load_failure  # not a registry without the plugins after it, which would misreport their names
     if _loaded:
         return
-    _loaded = True
-    for module in _BUILTIN_MODULES:
-        import_module(module)
+    _loaded = True  # first: a module that looks a name up while it registers must not load everything again
+    try:
+        for module in _BUILTIN_MODULES:
+            import_module(module)
+    except BaseException:
+        _loaded = False  # a broken install: every lookup raises again, none sees a partial registry
+        raise
     for ep in entry_points(group="clipgen_bench.plugins"):
         try:
             obj = ep.load()

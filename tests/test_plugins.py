@@ -1,6 +1,6 @@
 """Entry-point plugins (group `clipgen_bench.plugins`) as an installed package provides them: a module on the
-path plus a dist-info folder whose entry_points.txt names it. Each case runs `bench` in a fresh interpreter,
-since the registries load plugins once per process."""
+path plus a dist-info folder whose entry_points.txt names it. The cases run `bench` in a fresh interpreter,
+since the registries load plugins once per process (one checks the loader itself in this one)."""
 import json
 import os
 import re
@@ -98,6 +98,43 @@ def test_a_plugin_metrics_name_may_carry_reported_values(tmp_path):
     checked = bench(tmp_path, "validate", str(suite))
     assert checked.returncode == 2 and "unknown metric 'fd'; allowed: fid," in checked.stderr
     assert checked.stderr.strip().endswith("throughput, plugin-sharpness")
+
+
+CHECKED = '''
+from bench.registry import SYSTEMS
+
+@SYSTEMS.register("plugin-a", "needs file a")
+def build_a(args, ctx):
+    raise NotImplementedError
+
+@SYSTEMS.register("plugin-b", "needs file b")
+def build_b(args, ctx):
+    raise NotImplementedError
+
+build_a.missing_resources = lambda args: ["plugin-a: put a.bin in place"]
+build_b.missing_resources = lambda args: ["plugin-b: put b.bin in place"]
+'''
+
+
+def test_bench_run_asks_each_plugin_factory_for_its_missing_files(tmp_path):
+    install(tmp_path, "checked_plugin", CHECKED)
+    suite = tmp_path / "s.yaml"
+    suite.write_text("suite: s\nversion: 1\ndataset: {name: shapes, resolution: 16, num_captions: 4}\n"
+                     "systems: [{name: plugin-a}, {name: plugin-b}]\nmetrics: [{name: throughput}]\n")
+    result = bench(tmp_path, "run", str(suite), "--out", str(tmp_path / "run"), "--quiet")
+    assert result.returncode == 2 and "NotImplementedError" not in result.stderr, result.stderr
+    assert "plugin-a: put a.bin in place" in result.stderr and "plugin-b: put b.bin in place" in result.stderr
+    assert not (tmp_path / "run").exists()  # nothing half-written
+
+
+def test_a_built_in_module_that_fails_to_import_fails_every_lookup(monkeypatch):
+    import bench.registry as registry
+
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setattr(registry, "_BUILTIN_MODULES", (*registry._BUILTIN_MODULES, "bench.no_such_module"))
+    for _ in range(2):  # the second lookup must not see a registry without that module's entries
+        with pytest.raises(ModuleNotFoundError, match="bench.no_such_module"):
+            registry.SYSTEMS.names()
 
 
 def test_a_plugin_that_fails_to_load_is_one_clear_error(tmp_path):
