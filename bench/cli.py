@@ -5,6 +5,7 @@ and exit status 2; nothing is left half-written.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 
@@ -178,13 +179,32 @@ def ls_(name) -> None:
                    f"text context {cfg['text_cfg']['context_length']}")
 
 
+def _flat(tree: dict, prefix: str = ""):
+    """(dotted key, value) pairs of a nested dict."""
+    for key, value in tree.items():
+        if isinstance(value, dict) and value:
+            yield from _flat(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
 def _ls_one(name: str, registries) -> None:
     """Each entry called `name`, with its arguments (a component kind's are those of its `train:`)."""
     from bench.registry import describe_args
 
+    from reference.clip import PRESETS as CLIP_PRESETS
+    from reference.configs import PRESETS
+
     found = [(title, reg.get(name)) for title, reg in registries if name in reg]
-    if not found:
-        fail(f"nothing is called {name!r}; `bench ls` lists the datasets, systems, metrics and component kinds")
+    presets = [(what, table[name]) for what, table in (("preset", PRESETS), ("CLIP preset", CLIP_PRESETS))
+               if name in table]
+    if not found and not presets:
+        fail(f"nothing is called {name!r}; `bench ls` lists the datasets, systems, metrics, component kinds "
+             f"and presets")
+    for what, preset in presets:
+        click.echo(f"{what} {name}:")
+        for key, value in _flat(dataclasses.asdict(preset)):
+            click.echo(f"  {key:<34} {value}")
     for title, e in found:
         where = "train:" if title == "component kinds" else "args:"
         click.echo(f"{title[:-1]} {e.name}: {e.description}{_trains_on(e)}")

@@ -102,6 +102,23 @@ def test_describe_args_shows_required_literal_empty_and_nested_factory_defaults(
                                      ("train.steps", "int", "9", ""), ("train.mode", "'a' | 'b'", "a", "")]
 
 
+def test_ls_name_of_a_preset_shows_its_whole_configuration():
+    import dataclasses
+
+    from reference.clip import PRESETS as CLIP_PRESETS
+    from reference.configs import PRESETS
+
+    out = CliRunner().invoke(cli, ["ls", "small"]).output.splitlines()
+    rows = {line.split()[0]: line.split(None, 1)[1] for line in out[1:]}
+    assert out[0] == "preset small:"
+    small = PRESETS["small"]
+    assert rows["gpt.n_layer"] == str(small.gpt.n_layer) and rows["vqgan.codebook_size"] == str(small.vqgan.codebook_size)
+    assert len(rows) >= len(dataclasses.fields(small.gpt)) + len(dataclasses.fields(small.vqgan))
+    out = CliRunner().invoke(cli, ["ls", "tiny-eval"]).output.splitlines()
+    assert out[0] == "CLIP preset tiny-eval:"
+    assert any(line.split()[:2] == ["steps", str(CLIP_PRESETS["tiny-eval"].steps)] for line in out)
+
+
 def test_ls_of_an_unknown_name_is_one_line_and_exit_2():
     result = CliRunner().invoke(cli, ["ls", "nope"])
     assert result.exit_code == 2 and result.output.count("\n") == 1 and "nothing is called 'nope'" in result.output
