@@ -10,7 +10,6 @@ component) before anything heavy runs. Field metadata understood by the loader:
   system: the value names another system alias in the suite
   path: the value is a file path; relative paths are taken from the suite file's folder (True: a bare
         word without / or . is left alone, it may name a model; "dir": always a folder path)
-`bench ls NAME` prints an entry's arguments with this metadata (`describe_args`).
 
 Third-party packages add entries through the entry-point group
 `clipgen_bench.plugins`: each entry point is a module (or callable) that
@@ -104,7 +103,7 @@ def _yaml_text(value: Any) -> str:
     """A default as a suite would write it ("-" for none)."""
     if value is None:
         return "-"
-    if value == "":
+    if isinstance(value, str) and not value:
         return '""'
     if isinstance(value, bool):
         return str(value).lower()
