@@ -606,11 +606,11 @@ def _reported(c: _Checker, raw: Any) -> tuple[ReportedRow, ...]:
         if not isinstance(values, dict) or not values:
             c.fail(p + ("values",), "expected a mapping of 'metric' or 'metric/variant' -> number")
         parsed = []
+        allowed = reportable_metric_names()
         for key, v in values.items():
             if isinstance(v, bool) or not isinstance(v, (int, float)):
                 c.fail(p + ("values", key), f"expected a number, got {_describe(v)}")
             metric, _, variant = key.partition("/")
-            allowed = reportable_metric_names()
             if metric not in allowed:
                 c.fail(p + ("values", key), f"unknown metric {metric!r}; allowed: {', '.join(allowed)}")
             parsed.append(ReportedValue(metric, variant, float(v)))
