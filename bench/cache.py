@@ -157,6 +157,21 @@ def cached_artefact(root: str | Path, kind: str, key: dict, train: Callable[[], 
     return obj
 
 
+def stats_file_key(path: str | Path) -> dict | None:
+    """The key stored in a statistics file (`<cache>/stats/<hash>.npz`), or None when the file is missing or
+    unreadable (not an npz, no key entry, bad JSON): the one reader for `reference_stats` and `bench cache`."""
+    import zipfile
+
+    import numpy as np
+
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            key = json.loads(str(z["key"]))
+    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    return key if isinstance(key, dict) else None
+
+
 def mark_used(path: Path) -> None:
     """Set a cached file's mtime to now: the last use `bench cache` reads (a read-only cache keeps the old time)."""
     try:

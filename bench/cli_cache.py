@@ -13,15 +13,13 @@ import stat
 import sys
 import time
 import uuid
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
-import numpy as np
 
 from bench.api import UserError
-from bench.cache import cache_dir
+from bench.cache import cache_dir, stats_file_key
 from bench.cli import fail
 
 STATS_KIND = "stats"  # reference_stats writes <cache>/stats/<hash>.npz
@@ -153,7 +151,7 @@ def _entry(kind: str, path: Path) -> Entry | None:
         return Entry(kind, path, path.name, size, path.lstat().st_mtime, newest, "incomplete", True)
     if kind == STATS_KIND and path.suffix == ".npz" and path.is_file():
         st = path.stat()  # a file has no creation time apart from its mtime, which is its last use
-        return Entry(kind, path, path.stem, st.st_size, None, st.st_mtime, _summary(_stats_key(path)), False)
+        return Entry(kind, path, path.stem, st.st_size, None, st.st_mtime, _summary(stats_file_key(path)), False)
     if (path / "key.json").is_file():
         try:
             record = json.loads((path / "key.json").read_text())
@@ -168,15 +166,6 @@ def _entry(kind: str, path: Path) -> Entry | None:
         return Entry(kind, path, path.name, size, created, (path / "key.json").stat().st_mtime,
                      _summary(record.get("key")), False)
     return None
-
-
-def _stats_key(path: Path) -> dict | None:
-    """A statistics file's key (None when unreadable)."""
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            return json.loads(str(z["key"]))
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):  # not an npz, no key entry, bad JSON
-        return None
 
 
 def _footprint(path: Path) -> tuple[int, float]:

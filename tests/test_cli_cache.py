@@ -271,6 +271,17 @@ def test_loading_reference_statistics_marks_the_file_used(tmp_path):
     assert path.stat().st_mtime > old + 29 * DAY
 
 
+def test_an_unreadable_statistics_file_is_computed_again(tmp_path):
+    reference = torch.randint(0, 256, (6, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ctx = make_ctx(TensorDataset(reference), str(tmp_path))
+    stats, _ = reference_stats(ctx, MeanColour(), 0, 4)
+    (path,) = (tmp_path / "stats").glob("*.npz")
+    path.write_bytes(b"not an npz")  # e.g. a file copied in half
+    again, cached = reference_stats(ctx, MeanColour(), 0, 4)
+    assert cached is False and np.array_equal(again.mu, stats.mu)
+    assert reference_stats(ctx, MeanColour(), 0, 4)[1] is True  # and rewritten whole
+
+
 def test_created_is_when_the_artefact_was_written_even_after_a_copy(tmp_path):
     _cached_text(tmp_path, [])
     folder = next((tmp_path / "thing").iterdir())

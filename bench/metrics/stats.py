@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from bench.api import RunContext, SampleBatch
-from bench.cache import atomic_write_bytes, code_fingerprint, key_hash, library_versions, mark_used
+from bench.cache import atomic_write_bytes, code_fingerprint, key_hash, library_versions, mark_used, stats_file_key
 from bench.features import build_extractor, gaussian_blur
 
 STATS_FORMAT = 1  # bump when the stored layout changes (the code computing it is in the key)
@@ -136,11 +136,11 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
            "blur": blur, "code": code_fingerprint(__name__, type(extractor).__module__, *ctx.dataset.code_modules()),
            "device": ctx.device.split(":")[0], "batch_size": batch_size, "libraries": library_versions()}
     path = Path(ctx.cache_dir) / "stats" / f"{key_hash(key)}.npz"
-    if path.is_file():
+    if stats_file_key(path) == json.loads(json.dumps(key, sort_keys=True, default=str)):  # else rewritten below
         with np.load(path, allow_pickle=False) as z:
-            if json.loads(str(z["key"])) == json.loads(json.dumps(key, sort_keys=True, default=str)):
-                mark_used(path)
-                return FeatureStats(z["features"], z["mu"], z["sigma"]), True
+            stats = FeatureStats(z["features"], z["mu"], z["sigma"])
+        mark_used(path)
+        return stats, True
     chunks = []
     for images in ctx.iter_reference_images(batch_size):
         chunks.append(extract(extractor, images, blur, batch_size))
