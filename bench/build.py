@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 
 from bench.api import UserError
-from bench.cache import artefact_dir, cached_artefact, code_fingerprint, key_hash, library_versions, path_stamp
+from bench.cache import artefact_dir, cached_artefact, code_fingerprint, code_home, key_hash, library_versions, path_stamp
 from bench.datasets.base import ReadsOnly, check_reads
 from bench.registry import COMPONENTS, SYSTEMS
 from bench.suite import Suite, args_dict, path_args
@@ -73,8 +73,9 @@ class Builder:
 
     def code_of(self, *modules: str) -> str:
         """Fingerprint of the code behind an artefact: the reference package (models, training, sampling), the
-        modules that build it (a component's or system's factory, its train function's) and the dataset's."""
-        return code_fingerprint("reference", *modules, *self._dataset.code_modules())
+        modules that build it (a component's or system's factory, its train function's) and the dataset's; for a
+        plugin module, its whole package (`code_home`), so an edit to a helper module it imports retrains too."""
+        return code_fingerprint("reference", *(code_home(m) for m in (*modules, *self._dataset.code_modules())))
 
     def _factory(self, item: Item) -> Callable:
         kind, name = item

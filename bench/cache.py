@@ -97,6 +97,17 @@ def code_fingerprint(*modules: str) -> str:
     return h.hexdigest()[:20]
 
 
+def code_home(module: str) -> str:
+    """The code that a module's numbers may depend on, as a `code_fingerprint` entry: a harness module (`bench.*`)
+    by itself (the harness code it calls keys its own artefacts), any other module's top-level package whole when
+    that is a regular package (`reference`; a plugin package, whose helper modules count too), else the module."""
+    top = module.partition(".")[0]
+    if top == "bench" or top == module:
+        return module
+    root, files = _module_files(top)
+    return top if files and (root / "__init__.py").is_file() else module
+
+
 # modules inside fingerprinted packages that cannot change a number (display only), so editing them retrains nothing
 UNKEYED_MODULES = frozenset({"reference.progress"})
 

@@ -80,3 +80,27 @@ def test_a_display_only_module_is_left_out_of_its_packages_fingerprint(pkg, monk
     assert _fresh("fp_pkg") == whole
     (pkg / "model.py").write_text(MODULE.replace("SCALE = 2", "SCALE = 3"))
     assert _fresh("fp_pkg") != whole
+
+
+def test_a_plugin_module_is_keyed_with_its_whole_package(pkg, tmp_path):
+    from bench.cache import code_home
+
+    assert code_home("fp_pkg.model") == "fp_pkg" and code_home("reference.gpt") == "reference"
+    assert code_home("bench.systems.clipgen") == "bench.systems.clipgen"  # harness modules stay alone
+    assert code_home("fp_pkg") == "fp_pkg"
+    (tmp_path / "fp_loose").mkdir()  # a namespace package (no __init__.py): only the module itself is known
+    (tmp_path / "fp_loose" / "systems.py").write_text("Z = 1\n")
+    importlib.invalidate_caches()
+    assert code_home("fp_loose.systems") == "fp_loose.systems"
+
+
+def test_editing_a_plugins_helper_module_changes_its_artefacts_code_key(pkg):
+    from types import SimpleNamespace
+
+    from bench.build import Builder
+
+    builder = SimpleNamespace(_dataset=SimpleNamespace(code_modules=lambda: ["bench.datasets.shapes"]))
+    before = Builder.code_of(builder, "fp_pkg.model")  # a factory in fp_pkg.model, which could import fp_pkg.sub
+    code_fingerprint.cache_clear()
+    (pkg / "sub" / "deep.py").write_text("Y = 2\n")
+    assert Builder.code_of(builder, "fp_pkg.model") != before
