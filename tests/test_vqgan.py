@@ -93,9 +93,18 @@ def test_straight_through_and_quantiser_loss():
     z_flat = z.permute(0, 2, 3, 1).reshape(-1, cfg.embed_dim)
     expect = cfg.commitment_weight * F.mse_loss(z_flat, zq_flat) + cfg.codebook_weight * F.mse_loss(z_flat, zq_flat)
     assert torch.allclose(loss, expect)
-    q.embedding.weight.grad = None
+    # each weight on its own side: beta (commitment) pulls the encoder to its code, the codebook term pulls the code
+    cfg = with_overrides(cfg, commitment_weight=0.3, codebook_weight=1.7)
+    q = VectorQuantizer(cfg).train()
+    z = torch.randn(2, cfg.embed_dim, 4, 4, requires_grad=True)
+    _, idx, loss = q(z)
     loss.backward()
-    assert q.embedding.weight.grad is not None and q.embedding.weight.grad.abs().sum() > 0
+    z_flat = z.detach().permute(0, 2, 3, 1).reshape(-1, cfg.embed_dim)
+    zq_flat = q.embedding.weight.detach()[idx.flatten()]
+    n = z_flat.numel()
+    z_grad = (0.3 * 2 * (z_flat - zq_flat) / n).reshape(2, 4, 4, cfg.embed_dim).permute(0, 3, 1, 2)
+    codebook_grad = torch.zeros_like(q.embedding.weight).index_add_(0, idx.flatten(), 1.7 * 2 * (zq_flat - z_flat) / n)
+    assert torch.allclose(z.grad, z_grad, atol=1e-7) and torch.allclose(q.embedding.weight.grad, codebook_grad, atol=1e-7)
 
 
 def test_ema_codebook_moves_towards_assigned_encodings():
@@ -185,3 +194,55 @@ def test_effnet_perceptual_loss_uses_real_weights():
     assert float(loss(x, x.flip(-1))) > 0.01
     with pytest.raises(FileNotFoundError):
         PerceptualLoss("lpips-vgg", "/nonexistent/vgg.pth")
+
+
+VGG_CUTS = [(0, 4), (4, 9), (9, 16), (16, 23), (23, 30)]  # LPIPS's slices of vgg16().features
+
+
+def _vgg_files(tmp_path):
+    """A seeded VGG16 with LPIPS lins saved in torchvision's layout and in an LPIPS module's (net.sliceK.N.*)."""
+    from torchvision.models import vgg16
+
+    torch.manual_seed(0)
+    features = vgg16().features
+    lins = {f"lin{i}.model.1.weight": torch.rand(1, c, 1, 1) for i, c in enumerate([64, 128, 256, 512, 512])}
+    torchvision_layout = {f"features.{k}": v for k, v in features.state_dict().items()} | lins
+    lpips_layout = {f"net.slice{s}.{i}.{name}": t for s, (a, b) in enumerate(VGG_CUTS, 1) for i in range(a, b)
+                    for name, t in features[i].state_dict().items()} | lins
+    lpips_layout["scaling_layer.shift"] = torch.zeros(1, 3, 1, 1)  # buffers an LPIPS module saves too
+    paths = {}
+    for name, sd in {"torchvision": torchvision_layout, "lpips": lpips_layout, "lins-only": lins}.items():
+        paths[name] = str(tmp_path / f"{name}.pth")
+        torch.save(sd, paths[name])
+    return features, lins, paths
+
+
+def test_lpips_vgg_loads_the_backbone_and_lins_from_either_layout(tmp_path):
+    features, lins, paths = _vgg_files(tmp_path)
+    x = to_float(shapes_like(2))
+    values = []
+    for layout in ("torchvision", "lpips"):
+        loss = PerceptualLoss("lpips-vgg", paths[layout])
+        convs = [m for stage in loss.net.stages for m in stage if isinstance(m, torch.nn.Conv2d)]
+        originals = [m for m in features if isinstance(m, torch.nn.Conv2d)]
+        assert len(convs) == len(originals) == 13
+        assert all(torch.equal(a.weight, b.weight) and torch.equal(a.bias, b.bias) for a, b in zip(convs, originals))
+        assert all(torch.equal(w, lins[f"lin{i}.model.1.weight"].flatten()) for i, w in enumerate(loss.lins))
+        values.append(float(loss(x, x.flip(-1))))
+    assert values[0] == values[1] > 0
+
+
+def test_lpips_vgg_refuses_a_file_without_the_backbone_or_with_broken_lins(tmp_path):
+    _, lins, paths = _vgg_files(tmp_path)
+    with pytest.raises(ValueError, match="only LPIPS lin weights"):
+        PerceptualLoss("lpips-vgg", paths["lins-only"])  # taming's vgg.pth: no VGG in it
+    sd = torch.load(paths["torchvision"], weights_only=True)
+    torch.save({**sd, "features.28.weight": torch.zeros(3, 3, 3, 3)}, tmp_path / "wrong.pth")
+    with pytest.raises(ValueError, match="not VGG16's weights"):
+        PerceptualLoss("lpips-vgg", str(tmp_path / "wrong.pth"))
+    torch.save({k: v for k, v in sd.items() if k != "lin4.model.1.weight"}, tmp_path / "four-lins.pth")
+    with pytest.raises(ValueError, match="all five"):
+        PerceptualLoss("lpips-vgg", str(tmp_path / "four-lins.pth"))
+    plain = {k: v for k, v in sd.items() if not k.startswith("lin")}  # torchvision's VGG file: no lins, plain distance
+    torch.save(plain, tmp_path / "plain.pth")
+    assert PerceptualLoss("lpips-vgg", str(tmp_path / "plain.pth")).lins is None
