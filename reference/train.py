@@ -254,7 +254,8 @@ def _gpt_param_groups(model: GPT, weight_decay: float) -> list[dict]:
 
 def clip_reconstruction_loss(logits: Tensor, vqgan: VQGAN, clip, target: Tensor) -> Tensor:
     """The paper's CLIP-embedding loss: straight-through one-hot tokens -> VQGAN decoder -> CLIP image embedding,
-    1 - cosine to the conditioning embedding. logits [B,n,V] (the n image positions), target [B,D]."""
+    1 - cosine to the image's own embedding (the clean one, not the noise-perturbed condition). logits [B,n,V]
+    (the n image positions), target [B,D] (normalised here)."""
     probs = logits.float().softmax(-1)
     hard = F.one_hot(probs.argmax(-1), probs.shape[-1]).to(probs)
     onehot = hard + probs - probs.detach()  # [B,n,V], straight-through
@@ -347,6 +348,7 @@ def train_gpt(tokens: Tensor, embeddings: Tensor, cfg: GPTConfig | str = "tiny",
             gen = _step_generator(seed, "noise", step)
             cond = perturb_embeddings(embeddings[idx], noise, gen)  # all ranks draw the full batch's noise
             idx, cond = idx[rank::world], cond[rank::world]
+            own = embeddings[idx]  # the images' own embeddings: the CLIP loss's target, without the noise
             tok = tokens[idx].to(dev)
             cond = cond.to(dev)
             amp = torch.autocast(dev.type, dtype=torch.bfloat16) if use_bf16 else nullcontext()
@@ -355,7 +357,7 @@ def train_gpt(tokens: Tensor, embeddings: Tensor, cfg: GPTConfig | str = "tiny",
                 ce = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), tok.reshape(-1))
                 loss = ce
                 if clip_w > 0:
-                    loss = loss + clip_w * clip_reconstruction_loss(logits, vqgan, clip, cond)
+                    loss = loss + clip_w * clip_reconstruction_loss(logits, vqgan, clip, own.to(dev))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip > 0:

@@ -178,6 +178,26 @@ def test_vqgan_training_resumes_exactly(tmp_path):
         assert torch.equal(p, q), k
 
 
+def test_the_clip_loss_aims_at_the_images_own_embedding_not_the_noisy_condition(monkeypatch):
+    import reference.train
+
+    targets = []
+
+    def record(logits, vqgan, clip, target):
+        targets.append(target.detach().clone())
+        return logits.float().sum() * 0.0
+
+    monkeypatch.setattr(reference.train, "clip_reconstruction_loss", record)
+    tokens = torch.randint(0, GPT16.vocab_size, (16, 16))
+    emb = torch.randn(16, 8, generator=torch.Generator().manual_seed(1))
+    train_gpt(tokens, emb, GPT16, steps=2, seed=0, noise=0.5, progress=False, vqgan=VQGAN(VQ16), clip=FakeClip(),
+              clip_loss_weight=0.1)
+    assert len(targets) == 2
+    for target in targets:  # each row is one image's embedding exactly (the condition had noise 0.5 added)
+        cosine = F.normalize(target, dim=-1) @ F.normalize(emb, dim=-1).T
+        assert torch.allclose(cosine.max(-1).values, torch.ones(len(target)), atol=1e-6)
+
+
 def test_lafite_perturbation():
     e = torch.randn(1000, 16) * 3
     assert torch.allclose(perturb_embeddings(e, 0.0), F.normalize(e, dim=-1))
