@@ -101,6 +101,11 @@ def _build_clipgen(args: ClipGenArgs, ctx: BuildContext, condition: str) -> Clip
             raise UserError(f"clipgen: cannot load GPT from {args.path}: {err}") from None
         if not isinstance(gpt, GPT):
             raise UserError(f"clipgen: {args.path} holds a {type(gpt).__name__}, not a GPT")
+        c = gpt.cfg
+        if (c.vocab_size, c.grid, c.cond_dim) != (vqgan.cfg.codebook_size, vqgan.grid, clip.embed_dim):
+            raise UserError(f"clipgen: the GPT in {args.path} (grid {c.grid}, {c.vocab_size} codes, {c.cond_dim}-d "
+                            f"condition) does not fit VQGAN {args.vqgan!r} (grid {vqgan.grid}, "
+                            f"{vqgan.cfg.codebook_size} codes) and CLIP {args.clip!r} ({clip.embed_dim}-d embeddings)")
         return ClipGen(gpt, vqgan, clip, args, rerank, condition == "text", {"loaded_from": args.path})
     t = args.train
     cfg = get_preset(t.preset).gpt

@@ -1,0 +1,48 @@
+"""The clipgen system with a GPT loaded by path: it must fit the suite's VQGAN and CLIP, or the run stops at build."""
+from click.testing import CliRunner
+
+from bench.cli import cli
+from reference.checkpoint import save_gpt, save_vqgan
+from reference.clip import init_clip, save_clip
+from reference.configs import get_preset, with_overrides
+from reference.gpt import GPT
+from reference.vqgan import VQGAN
+
+TINY = get_preset("tiny")
+
+
+def _run(tmp_path, gpt_cfg):
+    clip = init_clip("tiny")
+    save_clip(clip, str(tmp_path / "clip"))
+    vqgan = VQGAN(TINY.vqgan)
+    save_vqgan(tmp_path / "vqgan", vqgan)
+    save_gpt(tmp_path / "gpt", GPT(with_overrides(gpt_cfg, cond_dim=clip.embed_dim)))
+    suite = tmp_path / "loaded.yaml"
+    suite.write_text(f"""suite: loaded
+version: 1
+dataset: {{name: shapes, resolution: {TINY.vqgan.resolution}, num_captions: 2}}
+generation: {{seeds: [0]}}
+components:
+  clip: {{kind: clip, path: {tmp_path / 'clip'}}}
+  vqgan: {{kind: vqgan, path: {tmp_path / 'vqgan'}}}
+systems:
+  - {{name: clipgen, args: {{clip: clip, vqgan: vqgan, path: {tmp_path / 'gpt'}}}}}
+metrics: []
+""")
+    out = tmp_path / "run"
+    return CliRunner().invoke(cli, ["run", str(suite), "--out", str(out), "--quiet"]), out
+
+
+def test_a_loaded_gpt_that_fits_generates(tmp_path):
+    small = with_overrides(TINY.gpt, n_layer=1, n_embd=32, n_head=2, ffn_dim=64)
+    result, out = _run(tmp_path, small)
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "samples" / "clipgen" / "seed0").glob("*.png"))) == 2
+
+
+def test_a_loaded_gpt_for_another_codebook_stops_the_run_at_build(tmp_path):
+    other = with_overrides(TINY.gpt, n_layer=1, n_embd=32, n_head=2, ffn_dim=64, vocab_size=TINY.gpt.vocab_size * 2)
+    result, out = _run(tmp_path, other)
+    assert result.exit_code == 2, result.output
+    assert f"{TINY.gpt.vocab_size * 2} codes" in result.output and "does not fit VQGAN 'vqgan'" in result.output
+    assert not list(out.glob("samples/*/*/*.png"))
