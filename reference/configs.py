@@ -47,14 +47,20 @@ class VQGANConfig:
     perceptual_weight: float = 1.0
     perceptual_path: str | None = None  # VGG16 / LPIPS weights for "lpips-vgg"
     gan_weight: float = 0.0  # 0: no discriminator loss (the discriminator still exists for checkpoint layout)
-    gan_start: int = 0  # first step with the GAN loss
+    gan_start: int = 0  # first step with the GAN loss (and discriminator updates)
+    gan_start_epochs: float = 0.0  # or later: after this many passes over the training images (HFAiLab: 1)
     disc_ch: int = 64
     disc_layers: int = 3
     # training recipe
     batch_size: int = 8
     lr: float = 4.5e-6 * 8
+    lr_schedule: str = "cosine"  # "cosine" (warm-up, then cosine decay) or "constant" (HFAiLab, taming)
     betas: tuple[float, float] = (0.5, 0.9)
     steps: int = 100_000
+
+    def __post_init__(self):
+        if self.lr_schedule not in ("cosine", "constant"):
+            raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
 
     @property
     def grid(self) -> int:
@@ -114,10 +120,15 @@ class Preset:
 
 PAPER = Preset(
     name="paper",
+    # VQGAN as HFAiLab/clip-gen trains it: LPIPS, the GAN from the second epoch on, a constant learning rate.
+    # The GPT recipe is minGPT's (AdamW 3e-4, 1000 warm-up steps, cosine to 0.1x, gradients clipped at 1), not
+    # HFAiLab's (5e-4 per 256 images of batch, 20 of 200 epochs of warm-up, cosine to 0, no clipping), which at this
+    # preset's batch of 8 would be a learning rate of 1.6e-5.
     vqgan=VQGANConfig(
         perceptual="lpips-vgg",
         gan_weight=0.8,
-        gan_start=1,
+        gan_start_epochs=1.0,
+        lr_schedule="constant",
     ),
     gpt=GPTConfig(),
     clip=ClipSpec("ViT-B-32", 512, 224),

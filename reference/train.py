@@ -169,6 +169,7 @@ def train_vqgan(images: Tensor, cfg: VQGANConfig | str = "tiny", steps: int | No
     perceptual = PerceptualLoss(cfg.perceptual, cfg.perceptual_path).to(dev) if cfg.perceptual != "none" else None
     batches = _Batches(images.shape[0], bs, seed)
     warmup = min(100, max(1, steps // 10))
+    gan_from = max(cfg.gan_start, math.ceil(cfg.gan_start_epochs * (images.shape[0] // bs)))  # full batches per epoch
     start, history, restarted = 0, [], 0
     if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / "config.json").exists():
         loaded, state, _ = load_checkpoint(checkpoint_dir, dev)
@@ -189,13 +190,13 @@ def train_vqgan(images: Tensor, cfg: VQGANConfig | str = "tiny", steps: int | No
     loop = _Loop(save if checkpoint_dir is not None else None, checkpoint_every, steps, start, "vqgan", progress)
     for step in range(start, end):
         for group in opt.param_groups:
-            group["lr"] = lr_at(step, lr, warmup, steps)
+            group["lr"] = lr if cfg.lr_schedule == "constant" else lr_at(step, lr, warmup, steps)
         x = to_float(images[batches(step)]).to(dev)
         x_rec, idx, qloss, z = model(x)
         rec = reconstruction_loss(x, x_rec, cfg)
         nll = rec + (cfg.perceptual_weight * perceptual(x, x_rec) if perceptual is not None else 0.0)
         loss = nll + qloss
-        use_gan = cfg.gan_weight > 0 and step >= cfg.gan_start
+        use_gan = cfg.gan_weight > 0 and step >= gan_from
         if use_gan:
             g_loss = -model.discriminator(x_rec).mean()
             w = adaptive_gan_weight(nll, g_loss, model.decoder.final[-1].weight)
@@ -219,6 +220,7 @@ def train_vqgan(images: Tensor, cfg: VQGANConfig | str = "tiny", steps: int | No
     seconds = loop.finish(end)
     model.eval()
     stats = {"steps": end, "seconds": round(seconds, 2), "restarted_codes": restarted, "history": history,
+             "gan_start_step": gan_from if cfg.gan_weight > 0 else None,
              **evaluate_vqgan(model, images[:2048])}
     return model, stats
 

@@ -187,6 +187,35 @@ def test_gan_step_updates_discriminator():
     assert not torch.allclose(model.discriminator.features[0].weight, before)
 
 
+def test_the_gan_can_start_after_an_epoch_and_the_learning_rate_can_stay_constant(monkeypatch):
+    """The paper preset's VQGAN recipe (HFAiLab's): no GAN for the first pass over the images, constant lr."""
+    from reference.train import train_vqgan
+
+    lrs = []
+    real_step = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        lrs.append(self.param_groups[0]["lr"])
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    images = shapes_like(12)  # 3 full batches of 4 per epoch
+    cfg = with_overrides(TINY, gan_weight=0.8, gan_start_epochs=1.0, lr_schedule="constant")
+    torch.manual_seed(0)
+    before = VQGAN(cfg).discriminator.features[0].weight.detach().clone()  # train_vqgan's init under seed 0
+    model, stats = train_vqgan(images, cfg, steps=3, seed=0, progress=False, batch_size=4, lr=1e-3)
+    assert stats["gan_start_step"] == 3 and lrs == [1e-3] * 3  # three generator steps, no discriminator step
+    assert torch.equal(model.discriminator.features[0].weight, before)
+    lrs.clear()
+    model, stats = train_vqgan(images, cfg, steps=4, seed=0, progress=False, batch_size=4, lr=1e-3)
+    assert len(lrs) == 5 and not torch.equal(model.discriminator.features[0].weight, before)  # + one of D
+    lrs.clear()
+    train_vqgan(images, TINY, steps=20, seed=0, progress=False, batch_size=4, lr=1e-3)  # the default: warm-up, cosine
+    assert lrs[0] < lrs[1] == max(lrs) == 1e-3 > lrs[-1]
+    with pytest.raises(ValueError, match="lr_schedule"):
+        with_overrides(TINY, lr_schedule="linear")
+
+
 def test_effnet_perceptual_loss_uses_real_weights():
     loss = PerceptualLoss("effnet-lite0")
     x = to_float(shapes_like(2))
