@@ -1,7 +1,8 @@
 """CLIP behind one interface: `encode_image` / `encode_text` -> unit-norm embeddings.
 
 Backed by open_clip. Three ways to get a `ClipModel`:
-  load_clip(name, weights_path)       any open_clip architecture, weights from a local .pt/.safetensors
+  load_clip(name, weights_path)       any open_clip architecture, weights from a local file: a state dict
+                                      (.pt/.pth/.bin/.safetensors) or OpenAI's TorchScript release archive
   load_clip(name, None, pretrained_tag=tag)   an open_clip hub tag (needs the hub; fails fast offline)
   train_clip(images, captions, preset="tiny")   a tiny open_clip-architecture CLIP trained contrastively
                                       on captioned pairs: the offline stand-in for CLIP's web pretraining
@@ -21,10 +22,15 @@ Image paths (all give unit-norm [B,D] embeddings):
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
+import re
 import sys
 import time
+import warnings
+import zipfile
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -215,7 +221,17 @@ def init_clip(preset: str = "tiny") -> ClipModel:
 # ---- loading ---------------------------------------------------------------------------------
 def load_clip(model_name: str, weights_path: str | None, device: str = "cpu",
               pretrained_tag: str | None = None) -> ClipModel:
-    """Any open_clip architecture by name, weights from a local file (or a hub tag where reachable)."""
+    """Any open_clip architecture by name, weights from a local file (or a hub tag where reachable).
+
+    weights_path may be
+      - a state dict in open_clip's (= OpenAI's) key layout: torch.save .pt/.pth/.bin, or .safetensors
+        (read by open_clip with torch.load(weights_only=True));
+      - OpenAI's released TorchScript archive (e.g. ViT-B-32.pt, what `clip.load` downloads), told apart by
+        its zip layout (constants.pkl + code/): read with torch.jit.load, and only its state dict is used.
+    Either way the architecture, activation and preprocessing come from `model_name`, and the file must fit
+    it: OpenAI's weights need the `-quickgelu` names (ViT-B-32-quickgelu, RN50-quickgelu, ...). A file that
+    does not fit, or cannot be read, raises one ValueError (FileNotFoundError when missing) naming the file.
+    """
     if open_clip.get_model_config(model_name) is None:
         known = open_clip.list_models()
         raise ValueError(f"unknown open_clip model {model_name!r}; known include: {', '.join(known[:12])}, ... "
@@ -233,22 +249,208 @@ def load_clip(model_name: str, weights_path: str | None, device: str = "cpu",
             raise ValueError(f"{model_name!r} has no pretrained tag {pretrained_tag!r}; known: {', '.join(tags) or 'none'}")
     else:
         raise ValueError(f"load_clip({model_name!r}) needs a weights path (or a pretrained tag)")
+    meta = {"source": str(weights_path or pretrained_tag)}
+    if weights_path is not None and is_torchscript_archive(weights_path):
+        model = _load_torchscript_clip(model_name, str(weights_path)).to(device)
+        meta["format"] = "torchscript"
+    else:
+        model = _create_with_weights(model_name, source, pretrained_tag, device)
+    model_cfg = open_clip.get_model_config(model_name)
+    pp = open_clip.get_model_preprocess_cfg(model)
+    tokenizer = open_clip.get_tokenizer(model_name)
+    return ClipModel(model, tokenizer, model_cfg, pp, model_name, meta)
+
+
+def _create_with_weights(model_name: str, source: str, pretrained_tag: str | None, device) -> torch.nn.Module:
+    """open_clip's own loader: a state dict file by path, or a hub tag."""
     try:
         model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=source, device=device)
     except (RuntimeError, OSError) as err:
         if pretrained_tag is None:
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-            raise ValueError(f"could not load {model_name!r} from {weights_path}: {first}") from None
+            raise ValueError(f"could not load {model_name!r} from {source}: {_first_line(err)}") from None
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         why = "the hub is switched off (HF_HUB_OFFLINE=1)" if offline else "the hub is unreachable"
         raise ValueError(f"cannot fetch open_clip weights {model_name}/{pretrained_tag}: {why}; download the "
                          f"weights file elsewhere and load it by path instead (weights_path=/path/to/file.pt or "
                          f".safetensors; in a suite: path: '{model_name}@/abs/path/to/file.pt')") from None
-    model_cfg = open_clip.get_model_config(model_name)
-    pp = open_clip.get_model_preprocess_cfg(model)
-    tokenizer = open_clip.get_tokenizer(model_name)
-    meta = {"source": str(weights_path or pretrained_tag)}
-    return ClipModel(model, tokenizer, model_cfg, pp, model_name, meta)
+    return model
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+# -- OpenAI's TorchScript release archives
+# OpenAI's CLIP model stores these three ints in its state dict; open_clip's CLIP does not.
+_OPENAI_EXTRA_KEYS = ("input_resolution", "context_length", "vocab_size")
+
+
+def is_torchscript_archive(path: str | os.PathLike) -> bool:
+    """True for a zip laid out as torch.jit.save writes it: <archive>/constants.pkl (and <archive>/code/...).
+
+    A torch.save checkpoint is a zip too, but has no constants.pkl (torch.load tells the two apart the same way).
+    """
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.split("/", 1)[-1] == "constants.pkl" for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
+
+
+def _load_torchscript_clip(model_name: str, path: str) -> torch.nn.Module:
+    """open_clip's `model_name` on the CPU with the weights of a TorchScript CLIP archive at `path`.
+
+    Only the archive's state dict is used (OpenAI's key names are open_clip's); its methods are never called. The
+    state dict must fit `model_name` key for key and shape for shape, and the archive's MLP activation
+    (QuickGELU for OpenAI's models) must be the one `model_name` builds; otherwise one ValueError says what the
+    file holds and which open_clip names would fit it.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch 2.x marks torch.jit as deprecated
+        try:
+            archive = torch.jit.load(path, map_location="cpu")
+            state = {k: v.detach() for k, v in archive.state_dict().items()}
+        except Exception as err:  # noqa: BLE001 - whatever torch.jit.load raises, the file is unreadable
+            raise ValueError(f"{path}: a TorchScript archive (zip with constants.pkl) that torch.jit.load cannot "
+                             f"read (truncated or corrupt?): {_first_line(err)}") from None
+    quick_gelu = _torchscript_quick_gelu(archive)
+    for key in _OPENAI_EXTRA_KEYS:
+        state.pop(key, None)
+    found = _describe_openai_state_dict(state)
+    if found is None:
+        keys = ", ".join(list(state)[:8]) or "none"
+        raise ValueError(f"{path}: a TorchScript archive, but not a CLIP in OpenAI's layout "
+                         f"(no visual./text_projection weights; its first keys: {keys})")
+
+    with _no_random_init_warning():
+        model = open_clip.create_model(model_name, device="cpu")
+    expected = model.state_dict()
+    recomputed = {name for name, _ in model.named_buffers()} - set(expected)  # e.g. attn_mask, built at init
+    state = {k: v for k, v in state.items() if k not in recomputed}
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    reshaped = [k for k in expected if k in state and state[k].shape != expected[k].shape]
+    if missing or unexpected or reshaped:
+        want = _describe_openai_state_dict(expected)
+        detail = (f"{reshaped[0]} is {tuple(state[reshaped[0]].shape)} in the file, "
+                  f"{tuple(expected[reshaped[0]].shape)} in {model_name}" if reshaped else
+                  f"{model_name} lacks {unexpected[0]}" if unexpected else f"the file lacks {missing[0]}")
+        raise ValueError(f"{path} holds a CLIP with {_format_arch(found)}, but {model_name!r} has "
+                         f"{_format_arch(want) if want else 'another layout'} ({detail}); "
+                         f"{_names_that_fit(found, quick_gelu)}")
+    if quick_gelu is not None and quick_gelu != _quick_gelu_of(model_name):
+        act, other = ("QuickGELU", "GELU") if quick_gelu else ("GELU", "QuickGELU")
+        raise ValueError(f"{path} was built with {act} activations (OpenAI's CLIPs use QuickGELU), but "
+                         f"{model_name!r} uses {other}, which would give different embeddings; "
+                         f"{_names_that_fit(found, quick_gelu)}")
+    model.load_state_dict(state, strict=True)  # copies (and casts OpenAI's fp16 tensors) into the fp32 model
+    return model.eval()
+
+
+def _torchscript_quick_gelu(archive: torch.nn.Module) -> bool | None:
+    """Whether the archive's transformer MLPs use QuickGELU (True) or GELU (False); None when it cannot tell.
+
+    Both OpenAI's and open_clip's residual blocks name the activation `mlp.gelu`; a loaded TorchScript module
+    keeps each submodule's class name as `original_name`.
+    """
+    kinds = {getattr(module, "original_name", None) for name, module in archive.named_modules()
+             if name.endswith("mlp.gelu")}
+    if kinds == {"QuickGELU"}:
+        return True
+    if kinds == {"GELU"}:
+        return False
+    return None
+
+
+def _quick_gelu_of(model_name: str) -> bool:
+    return bool((open_clip.get_model_config(model_name) or {}).get("quick_gelu", False))
+
+
+def _count_blocks(state: dict, prefix: str) -> int:
+    """Distinct i in keys `<prefix>.<i>.` (number of residual blocks)."""
+    pattern = re.compile(re.escape(prefix) + r"\.(\d+)\.")
+    return len({m.group(1) for k in state if (m := pattern.match(k))})
+
+
+def _describe_openai_state_dict(state: dict) -> dict | None:
+    """The architecture an OpenAI-layout CLIP state dict implies (as open_clip's
+    build_model_from_openai_state_dict reads it), or None when the keys are not that layout."""
+    try:
+        text = {"text_width": state["ln_final.weight"].shape[0],
+                "text_layers": _count_blocks(state, "transformer.resblocks"),
+                "context_length": state["positional_embedding"].shape[0],
+                "vocab_size": state["token_embedding.weight"].shape[0],
+                "embed_dim": state["text_projection"].shape[1]}
+        if "visual.conv1.weight" in state and "visual.positional_embedding" in state:  # ViT
+            conv = state["visual.conv1.weight"]
+            grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+            vision = {"vision": "ViT", "patch_size": conv.shape[-1], "width": conv.shape[0],
+                      "layers": _count_blocks(state, "visual.transformer.resblocks"),
+                      "image_size": conv.shape[-1] * grid}
+        elif "visual.attnpool.positional_embedding" in state:  # ModifiedResNet (RN50 family)
+            grid = round((state["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
+            vision = {"vision": "ResNet", "patch_size": None, "width": state["visual.layer1.0.conv1.weight"].shape[0],
+                      "layers": tuple(_count_blocks(state, f"visual.layer{i}") for i in (1, 2, 3, 4)),
+                      "image_size": 32 * grid}
+        else:
+            return None
+    except (KeyError, IndexError, AttributeError):
+        return None
+    return {**vision, **text}
+
+
+def _describe_model_cfg(cfg: dict) -> dict | None:
+    """The same description for an open_clip model JSON (None for timm / Hugging Face towers)."""
+    vision, text = cfg.get("vision_cfg", {}), cfg.get("text_cfg", {})
+    if vision.get("timm_model_name") or text.get("hf_model_name"):
+        return None
+    try:
+        v, t = open_clip.model.CLIPVisionCfg(**vision), open_clip.model.CLIPTextCfg(**text)
+    except TypeError:
+        return None
+    resnet = isinstance(v.layers, (tuple, list))
+    size = v.image_size if isinstance(v.image_size, int) else tuple(v.image_size)
+    if isinstance(size, tuple) and len(set(size)) == 1:
+        size = size[0]
+    return {"vision": "ResNet" if resnet else "ViT", "patch_size": None if resnet else v.patch_size,
+            "width": v.width, "layers": tuple(v.layers) if resnet else v.layers, "image_size": size,
+            "text_width": t.width, "text_layers": t.layers, "context_length": t.context_length,
+            "vocab_size": t.vocab_size, "embed_dim": cfg.get("embed_dim")}
+
+
+def _names_that_fit(arch: dict, quick_gelu: bool | None) -> str:
+    """The registered open_clip model names whose config builds `arch` (and the activation, when known)."""
+    names = [name for name in open_clip.list_models()
+             if _describe_model_cfg(open_clip.get_model_config(name) or {}) == arch
+             and (quick_gelu is None or _quick_gelu_of(name) == quick_gelu)]
+    if not names:
+        return "no registered open_clip name fits it (register a model config JSON with open_clip.add_model_config)"
+    return f"open_clip names that fit it: {', '.join(names[:6])}"
+
+
+def _format_arch(arch: dict) -> str:
+    if arch["vision"] == "ViT":
+        vision = (f"a ViT image tower (patch {arch['patch_size']}, width {arch['width']}, layers {arch['layers']}, "
+                  f"{arch['image_size']} px)")
+    else:
+        vision = (f"a ResNet image tower (blocks {list(arch['layers'])}, width {arch['width']}, "
+                  f"{arch['image_size']} px)")
+    return (f"{vision}, a text tower (width {arch['text_width']}, layers {arch['text_layers']}, "
+            f"context {arch['context_length']}, vocabulary {arch['vocab_size']}) and {arch['embed_dim']}-d embeddings")
+
+
+@contextmanager
+def _no_random_init_warning():
+    """open_clip.create_model logs "Model initialized randomly" when no weights are given; ours come next."""
+    def drop(record: logging.LogRecord) -> bool:
+        return "initialized randomly" not in record.getMessage()
+
+    root = logging.getLogger()
+    root.addFilter(drop)
+    try:
+        yield
+    finally:
+        root.removeFilter(drop)
 
 
 def save_clip(clip: ClipModel, directory: str) -> None:
