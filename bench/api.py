@@ -98,6 +98,9 @@ class RunContext:
     # values several metrics of this (system, seed) would otherwise compute twice, e.g. image features that
     # `fd` and `kid` share; keys must name everything that shapes the value
     memo: dict = field(default_factory=dict)
+    # whether the system was built with component `name` (or another with the same key: the same weights under
+    # another name), directly or through a system it wraps: a CLIP it was conditioned on, re-ranked or optimised with
+    made_with: Callable[[str], bool] = lambda name: False
 
     def iter_reference_images(self, batch_size: int = 256) -> Iterator[Tensor]:
         """Real images behind the reference statistics, uint8 [B,3,H,W] batches."""

@@ -9,7 +9,7 @@ from typing import Any, Callable
 import torch
 
 from bench.api import UserError
-from bench.cache import artefact_dir, cached_artefact, code_fingerprint, code_home, key_hash, library_versions, path_stamp
+from bench.cache import artefact_dir, cached_artefact, code_fingerprint, code_home, key_hash, path_stamp, platform_key
 from bench.datasets.base import ReadsOnly, check_reads
 from bench.registry import COMPONENTS, SYSTEMS
 from bench.suite import Suite, args_dict, path_args
@@ -56,6 +56,12 @@ class Builder:
         its size and mtime."""
         return sorted(self._made_of.get(item, ()))
 
+    def made_with(self, alias: str, component: str) -> bool:
+        """Whether system `alias` was built from component `component` or from one with the same key (the same
+        weights or training under another name), directly or through a system it wraps."""
+        entry = f"/{key_hash(self.key_of(component))}"
+        return any(e.startswith("component:") and e.endswith(entry) for e in self.made_of(("system", alias)))
+
     def _record(self, entries) -> None:
         for item in self._building:
             self._made_of.setdefault(item, set()).update(entries)
@@ -65,11 +71,11 @@ class Builder:
         return self.component(name) if kind == "component" else self.system(name)
 
     def trained_on(self) -> dict:
-        """Where training ran, as far as it changes the weights: the libraries' versions, the GPU model, or the CPU threads."""
+        """Where training ran, as far as it changes the weights: the device type, the GPU or CPU model, the
+        libraries' versions and, on a CPU, the threads."""
         if not self.device.startswith("cpu"):
-            return {"device": self.device.split(":")[0], "libraries": library_versions(),
-                    "gpu": torch.cuda.get_device_name(self.device) if torch.cuda.is_available() else ""}
-        return {"device": "cpu", "threads": self.build_threads or torch.get_num_threads(), "libraries": library_versions()}
+            return platform_key(self.device)
+        return {**platform_key(self.device), "threads": self.build_threads or torch.get_num_threads()}
 
     def code_of(self, *modules: str) -> str:
         """Fingerprint of the code behind an artefact: the reference package (models, training, sampling), the

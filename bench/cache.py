@@ -43,6 +43,33 @@ def library_versions() -> dict[str, str]:
     return found
 
 
+@functools.lru_cache(maxsize=8)
+def machine_name(device: str) -> str:
+    """The processor that computes on `device`: the GPU's model for "cuda[:i]", else the CPU's model name (from
+    /proc/cpuinfo; `platform.processor()` elsewhere). Two CPU models may run another kernel for the same fp32
+    product (AVX2 or AVX-512, another blocking): the same recipe gives other weights on each."""
+    import platform
+
+    if device.startswith("cuda"):
+        import torch
+
+        return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cuda (not available)"
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def platform_key(device: str) -> dict:
+    """Where a number was computed, as far as it can change it: the device type, the processor model and the
+    libraries' versions (part of the keys of trained artefacts, reference statistics and samples)."""
+    return {"device": device.split(":")[0], "machine": machine_name(device), "libraries": library_versions()}
+
+
 def key_hash(key: dict) -> str:
     return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

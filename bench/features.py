@@ -35,6 +35,10 @@ FEATURES = ("inception-v3-compat", "effnet-lite0", "clip")
 FD_METRIC_NAME = {"inception-v3-compat": "fid", "effnet-lite0": "fd-effnet-lite0", "clip": "fd-clip"}
 
 INCEPTION_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
+# torch hub names a weights file by the first hex digits of its sha256: what makes an Inception-v3 torch-fidelity's
+INCEPTION_SHA256_PREFIX = "6726825d"
+# rows of the Inception-v3 graph with other weights: a Fréchet / kernel distance, but not FID / KID
+OTHER_INCEPTION_NAME = {"fd": "fd-inception", "kid": "kid-inception"}
 INCEPTION_WEIGHTS_ENV = "BENCH_INCEPTION_WEIGHTS"
 EFFNET_WEIGHTS_FILE = "efficientnet-lite0-57934424.pth"
 
@@ -128,6 +132,11 @@ class InceptionV3Compat:
 
     def identity(self) -> dict:
         return {"features": self.name, "weights_sha256": file_sha256(self.weights), "resize": self.resize_policy}
+
+    @property
+    def official(self) -> bool:
+        """Whether these are torch-fidelity's weights (the network FID and KID are defined with)."""
+        return file_sha256(self.weights).startswith(INCEPTION_SHA256_PREFIX)
 
     @torch.no_grad()
     def __call__(self, images: Tensor) -> Tensor:

@@ -20,9 +20,9 @@ import pandas as pd
 
 from bench.results import BIASED_MARK, biased, bootstrap_ci, escape_latex
 
-FD_METRICS = ("fid", "fd-effnet-lite0", "fd-clip")  # preference order for the FD column
-FD_LABEL = {"fid": "FID", "fd-effnet-lite0": "FD-EffNet", "fd-clip": "FD-CLIP"}
-LOWER_IS_BETTER = ("fid", "fd-effnet-lite0", "fd-clip", "kid", "caploss")
+FD_METRICS = ("fid", "fd-effnet-lite0", "fd-clip", "fd-inception")  # preference order for the FD column
+FD_LABEL = {"fid": "FID", "fd-effnet-lite0": "FD-EffNet", "fd-clip": "FD-CLIP", "fd-inception": "FD-Inception"}
+LOWER_IS_BETTER = (*FD_METRICS, "kid", "caploss")
 SEED_MARK = "‡"
 REPORTED_MARK = "*"
 

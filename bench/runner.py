@@ -30,7 +30,7 @@ from PIL import Image
 from bench.api import CaptionItem, RunContext, SampleBatch, TimingRecord, UserError
 from bench.build import Builder, default_threads
 from bench.build_pool import ready_builder
-from bench.cache import atomic_write_bytes, cache_dir, code_fingerprint, key_hash
+from bench.cache import atomic_write_bytes, cache_dir, code_fingerprint, key_hash, machine_name, platform_key
 from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 from bench.results import Results, measured_row
@@ -259,12 +259,12 @@ class Runner:
     def made_by(self, builder: Builder, dataset, alias: str) -> dict:
         """What a system's samples depend on: its name and arguments, every artefact it was built from (trained
         weights by cache key, checkpoint files by path, size and mtime), the dataset and all its captions (a
-        random-caption control draws from them), the device type and the code that seeds and writes samples. Not
-        the batch size or thread count (see the module docstring)."""
+        random-caption control draws from them), the platform (device type, processor model, libraries) and the
+        code that seeds and writes samples. Not the batch size or thread count (see the module docstring)."""
         spec = self.suite.system(alias)
         captions = key_hash({"captions": [[it.caption_id, it.caption] for it in dataset.eval_captions()]})
         what = {"system": spec.name, "args": args_dict(spec.args), "artefacts": builder.made_of(("system", alias)),
-                "dataset": dataset.identity(), "captions": captions, "device": self.device.split(":")[0],
+                "dataset": dataset.identity(), "captions": captions, "platform": platform_key(self.device),
                 # how samples are seeded and stored (the systems' own code is in their artefact entries)
                 "code": code_fingerprint(f"{__name__}:caption_seed", f"{__name__}:_png_bytes",
                                          f"{__name__}:Runner.generate")}
@@ -340,8 +340,9 @@ class Runner:
             images = images[: len(batch)]
             for it, image in zip(batch, images):
                 atomic_write_bytes(folder / f"{it.caption_id:06d}.png", _png_bytes(image))
-            record = TimingRecord(seconds=seconds, images=len(batch),
-                                  tokens=len(batch) * int(getattr(system, "tokens_per_image", 0)),
+            # the timed call made len(call) images (two for a one-image batch): credit what was timed
+            record = TimingRecord(seconds=seconds, images=len(call),
+                                  tokens=len(call) * int(getattr(system, "tokens_per_image", 0)),
                                   peak_memory_bytes=_peak_memory(self.device), batch_size=bs, device=self.device,
                                   process=self.rank, start=wall0, threads=torch.get_num_threads())
             with open(timing_file, "a") as fh:
@@ -377,7 +378,7 @@ class Runner:
             return []
         ctx = RunContext(suite=self.suite.suite, dataset=dataset, device=self.device, cache_dir=self.cache,
                          system_alias=spec.alias, system=system, timings=self.timings(spec.alias, seed),
-                         component=builder.component)
+                         component=builder.component, made_with=lambda name: builder.made_with(spec.alias, name))
         for _, metric in metrics:
             if hasattr(metric, "start"):  # optional: metrics that need components stream instead of buffering
                 metric.start(ctx)
@@ -409,7 +410,7 @@ class Runner:
     def run_provenance(self, builder: Builder, components=()) -> dict:
         """What every row adds to `extra`: the resolved suite's hash, --limit, and each component the number
         used (a metric's judge, captioner or evaluator CLIP) by what it was built from."""
-        return {"suite_hash": self.suite.hash(), "limit": self.limit,
+        return {"suite_hash": self.suite.hash(), "limit": self.limit, "machine": machine_name(self.device),
                 "components_made_of": {name: key_hash({"key": builder.key_of(name),
                                                        "made_of": builder.made_of(("component", name))})
                                        for name in sorted(set(components))}}

@@ -619,9 +619,11 @@ def _reported(c: _Checker, raw: Any) -> tuple[ReportedRow, ...]:
 
 
 # the row names a reported value may carry (what the metrics emit; fd's and kid's are the values of
-# bench.features.FD_METRIC_NAME and bench.metrics.kid.KID_METRIC_NAME, and a test keeps them in step)
-METRIC_NAMES_REPORTABLE = ("fid", "fd-effnet-lite0", "fd-clip", "kid", "kid-effnet-lite0", "kid-clip", "clip-score",
-                           "caps", "caploss", "attribute-accuracy", "class-accuracy", "throughput")
+# bench.features.FD_METRIC_NAME, bench.metrics.kid.KID_METRIC_NAME and bench.features.OTHER_INCEPTION_NAME, and a
+# test keeps them in step)
+METRIC_NAMES_REPORTABLE = ("fid", "fd-effnet-lite0", "fd-clip", "fd-inception", "kid", "kid-effnet-lite0", "kid-clip",
+                           "kid-inception", "clip-score", "caps", "caploss", "attribute-accuracy", "class-accuracy",
+                           "throughput")
 
 
 def reportable_metric_names() -> list[str]:

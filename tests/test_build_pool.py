@@ -98,7 +98,17 @@ def test_the_cache_key_names_the_library_versions(suite_file, tmp_path, monkeypa
     assert [cached()[0], cached()[0]] == [1, 1]
     versions = bench.cache.library_versions()
     assert versions["torch"] == torch.__version__ and versions["open_clip_torch"] != "absent"
-    monkeypatch.setattr(bench.build, "library_versions", lambda: {**versions, "open_clip_torch": "0.0.1"})
+    monkeypatch.setattr(bench.cache, "library_versions", lambda: {**versions, "open_clip_torch": "0.0.1"})
+    assert cached()[0] == 2
+
+
+def test_the_cache_key_names_the_processor_model(suite_file, tmp_path, monkeypatch):
+    """The same recipe on another CPU model (another fp32 kernel) gives other weights: a cache shared between
+    machines trains again instead of serving the first machine's artefact."""
+    cached = counting_cache(suite_file, tmp_path)
+    assert [cached()[0], cached()[0]] == [1, 1]
+    assert bench.cache.machine_name("cpu") not in ("", "unknown")
+    monkeypatch.setattr(bench.cache, "machine_name", lambda device: "Another CPU @ 3.0GHz")
     assert cached()[0] == 2
 
 

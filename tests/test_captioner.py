@@ -16,21 +16,25 @@ def tiny(captions):
 
 def test_caption_loss_is_mean_token_cross_entropy_and_causal():
     captions = ["a red circle", "a blue square in the top left"]
-    model = tiny(captions[:1])  # "blue square ..." words are outside its vocabulary: scored as <unknown>
+    model = tiny(captions[:1])  # "blue square ..." words are outside its vocabulary: <unknown>, left out
     images = torch.randint(0, 256, (2, 3, 20, 20), generator=torch.Generator().manual_seed(1), dtype=torch.uint8)
     loss = model.caption_loss(images, captions)
     ids, mask = model.tokenize(captions)
     for b in range(2):
-        n = int(mask[b].sum())  # tokens after SOT, EOT included
-        total = 0.0
-        for t in range(n):
+        total, known = 0.0, 0
+        for t in range(int(mask[b].sum())):  # tokens after SOT, EOT included
             # feed only the prefix up to t: a causal model gives the same next-token distribution
             prefix = ids[b:b + 1, : t + 2]
+            if int(prefix[0, t + 1]) == model.unknown:
+                continue
             with torch.no_grad():
                 logits = model.next_token_logits(images[b:b + 1], prefix)[0, t].double()
             total += -float(torch.log_softmax(logits, -1)[prefix[0, t + 1]])
-        assert float(loss[b]) == pytest.approx(total / n, rel=1e-5)
-    assert (ids[1] == model.unknown).any()
+            known += 1
+        assert float(loss[b]) == pytest.approx(total / known, rel=1e-5)
+    unknown, scored = model.unknown_tokens(captions)
+    assert unknown[0] == 0 and scored[0] == 4  # "a red circle" + EOT
+    assert unknown[1] == 6 and scored[1] == 8  # blue, square, in, the, top, left: unknown; a, EOT: known
 
 
 @pytest.mark.slow

@@ -1,4 +1,5 @@
-"""The clipgen system with a GPT loaded by path: it must fit the suite's VQGAN and CLIP, or the run stops at build."""
+"""The clipgen system with a GPT loaded by path: it must fit the suite's VQGAN and CLIP, or the run stops at build;
+and what a built system says it was made with (the components behind clip-score's evaluator flag)."""
 from click.testing import CliRunner
 
 from bench.cli import cli
@@ -46,3 +47,41 @@ def test_a_loaded_gpt_for_another_codebook_stops_the_run_at_build(tmp_path):
     assert result.exit_code == 2, result.output
     assert f"{TINY.gpt.vocab_size * 2} codes" in result.output and "does not fit VQGAN 'vqgan'" in result.output
     assert not list(out.glob("samples/*/*/*.png"))
+
+
+def test_made_with_names_every_clip_behind_a_system_by_its_weights(tmp_path):
+    from bench.build import Builder
+    from bench.datasets.base import build_dataset
+    from bench.suite import load_suite
+
+    clip = init_clip("tiny")
+    save_clip(clip, str(tmp_path / "clip"))
+    save_clip(init_clip("tiny-eval"), str(tmp_path / "clip-eval"))
+    save_vqgan(tmp_path / "vqgan", VQGAN(TINY.vqgan))
+    gpt = with_overrides(TINY.gpt, n_layer=1, n_embd=32, n_head=2, ffn_dim=64, cond_dim=clip.embed_dim)
+    save_gpt(tmp_path / "gpt", GPT(gpt))
+    suite = tmp_path / "made-with.yaml"
+    suite.write_text(f"""suite: made-with
+version: 1
+dataset: {{name: shapes, resolution: {TINY.vqgan.resolution}, num_captions: 2}}
+components:
+  clip: {{kind: clip, path: {tmp_path / 'clip'}}}
+  clip-copy: {{kind: clip, path: {tmp_path / 'clip'}}}
+  clip-eval: {{kind: clip, path: {tmp_path / 'clip-eval'}}}
+  vqgan: {{kind: vqgan, path: {tmp_path / 'vqgan'}}}
+systems:
+  - {{name: clipgen, args: {{clip: clip, vqgan: vqgan, path: {tmp_path / 'gpt'}}}}}
+  - {{name: clipgen, alias: reranked, args: {{clip: clip, vqgan: vqgan, path: {tmp_path / 'gpt'}, candidates: 2,
+      rerank_clip: clip-eval}}}}
+  - {{name: random-caption, args: {{of: clipgen}}}}
+  - {{name: real-images}}
+""")
+    s = load_suite(suite)
+    builder = Builder(s, build_dataset(s.dataset), "cpu", str(tmp_path / "cache"), progress=False)
+    for alias in ("clipgen", "reranked", "random-caption", "real-images"):
+        builder.system(alias)
+    made_with = {(a, c) for a in ("clipgen", "reranked", "random-caption", "real-images")
+                 for c in ("clip", "clip-copy", "clip-eval") if builder.made_with(a, c)}
+    assert made_with == {("clipgen", "clip"), ("clipgen", "clip-copy"),  # the same weights under another name
+                         ("reranked", "clip"), ("reranked", "clip-copy"), ("reranked", "clip-eval"),  # re-ranked
+                         ("random-caption", "clip"), ("random-caption", "clip-copy")}  # through what it wraps

@@ -55,3 +55,23 @@ def test_caps_rows_for_a_fixed_toy_captioner(tmp_path):
     assert rows[("caploss", "held-out")].value == pytest.approx((l_bright + l_dark) / 2)
     assert rows[("caps", "all")].extra["comparable_with_published"] is False
     assert ctx.per_caption[3]["caps"] == pytest.approx(0.25)
+
+
+class ToyCaptionerWithVocabulary(ToyCaptioner):
+    """The toy, knowing only single-letter words up to "c": the rest count as outside its vocabulary."""
+
+    def unknown_tokens(self, captions):
+        unknown = torch.tensor([sum(w > "c" for w in cap.split()) for cap in captions])
+        return unknown, torch.tensor([len(cap.split()) + 1 for cap in captions])
+
+
+def test_caps_rows_say_what_share_of_the_caption_tokens_was_outside_the_captioners_vocabulary(tmp_path):
+    images = torch.full((4, 3, 8, 8), 250, dtype=torch.uint8)
+    infos = [{"split": "seen"}, {"split": "seen"}, {"split": "held-out"}, {"split": "held-out"}]
+    ctx = make_ctx(TensorDataset(images), tmp_path, components={"cap": ToyCaptionerWithVocabulary()})
+    metric = build_caps(CapsArgs(captioner="cap", batch_size=3))
+    metric.update(SampleBatch(images, ["a b", "c", "d e f", "g"], [0, 1, 2, 3], infos))
+    rows = {(r.metric, r.variant): r for r in metric.compute(ctx)}
+    assert rows[("caps", "seen")].extra["unknown_tokens_left_out"] == 0.0  # a, b, c: known; 5 tokens with EOT
+    assert rows[("caploss", "held-out")].extra["unknown_tokens_left_out"] == pytest.approx(4 / 6)  # d e f g of 6
+    assert rows[("caps", "all")].extra["unknown_tokens_left_out"] == pytest.approx(4 / 11)

@@ -39,16 +39,12 @@ def tiny_clip():
     return OpenClipAdapter(model)
 
 
-class Sys:
-    conditioning_clip_name = "clip-cond"
-
-
 def test_clip_score_equals_direct_open_clip(tiny_clip, tmp_path):
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (10, 3, 24, 24), generator=g, dtype=torch.uint8)
     captions = [f"a {c} thing number {i}" for i, c in enumerate(["red", "blue"] * 5)]
     ids = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]  # each caption id seen twice
-    ctx = make_ctx(TensorDataset(images), tmp_path, components={"ev": tiny_clip}, system=Sys())
+    ctx = make_ctx(TensorDataset(images), tmp_path, components={"ev": tiny_clip})
     metric = build_clip_score(ClipScoreArgs(clip="ev", batch_size=3))
     metric.update(SampleBatch(images[:6], captions[:6], ids[:6], [{}] * 6))
     metric.update(SampleBatch(images[6:], captions[6:], ids[6:], [{}] * 4))
@@ -63,14 +59,15 @@ def test_clip_score_equals_direct_open_clip(tiny_clip, tmp_path):
     assert (cos < 0).any() and (cos > 0).any()  # the clamp at 0 is exercised
     assert row.metric == "clip-score" and row.n == 10
     assert row.value == pytest.approx(float(per_image.mean()), rel=1e-5)
-    assert row.extra["evaluator_is_conditioning_clip"] is False
+    assert row.extra["evaluator_used_by_system"] is False
     assert ctx.per_caption[0]["clip-score"] == pytest.approx(float((per_image[0] + per_image[5]) / 2), rel=1e-5)
 
 
-def test_clip_score_flags_the_conditioning_clip(tiny_clip, tmp_path):
+def test_clip_score_flags_an_evaluator_the_system_was_built_with(tiny_clip, tmp_path):
     images = torch.zeros(2, 3, 32, 32, dtype=torch.uint8)
-    ctx = make_ctx(TensorDataset(images), tmp_path, components={"clip-cond": tiny_clip}, system=Sys())
+    ctx = make_ctx(TensorDataset(images), tmp_path, components={"clip-cond": tiny_clip})
+    ctx.made_with = lambda name: name == "clip-cond"  # what Builder.made_with answers (tests/test_clipgen_loaded.py)
     metric = build_clip_score(ClipScoreArgs(clip="clip-cond"))
     metric.update(SampleBatch(images, ["a", "b"], [0, 1], [{}, {}]))
     (row,) = metric.compute(ctx)
-    assert row.extra["evaluator_is_conditioning_clip"] is True
+    assert row.extra["evaluator_used_by_system"] is True

@@ -1,10 +1,12 @@
-"""Our `fid` pipeline against torch-fidelity, with the same (randomly initialised) Inception weights file.
+"""Our `fid` pipeline against torch-fidelity, with the same (randomly initialised) Inception weights file (rows
+named fd-inception: only torch-fidelity's own weights make `fid` rows).
 
 The weights are random, so the numbers mean nothing: the computation is under test. Convolutions get
 He-normal weights so the features do not vanish (PyTorch's default init shrinks them to ~1e-8).
 """
 from __future__ import annotations
 
+import hashlib
 from unittest import mock
 
 import numpy as np
@@ -18,6 +20,7 @@ from bench.api import SampleBatch
 from bench.features import InceptionV3Compat
 from bench.metrics.fd import FDArgs, build_fd
 from bench.metrics.stats import feature_stats
+from bench.registry import METRICS
 from metrics_testing import TensorDataset, make_ctx
 
 
@@ -73,6 +76,31 @@ def test_fid_equals_torch_fidelity_calculate_metrics(weights, tmp_path):
                              batch_size=4))
     metric.update(SampleBatch(a, ["x"] * 8, list(range(8)), [{}] * 8))
     (row,) = metric.compute(ctx)
-    assert row.metric == "fid" and row.variant == "blur=0" and row.n == 8
+    # random weights are not torch-fidelity's: the same distance, named fd-inception, and the row says why
+    assert row.metric == "fd-inception" and row.variant == "blur=0" and row.n == 8
     assert theirs > 1.0
     assert row.value == pytest.approx(theirs, rel=1e-4)
+    assert row.extra["extractor"]["weights_sha256"] == hashlib.sha256(open(weights, "rb").read()).hexdigest()
+
+
+@pytest.mark.slow
+def test_only_torch_fidelitys_inception_weights_make_fid_rows(weights, tmp_path, monkeypatch):
+    import bench.features
+
+    a, b = two_sets()
+    sha = hashlib.sha256(open(weights, "rb").read()).hexdigest()
+    rows = {}
+    for prefix in ("0" * 8 if not sha.startswith("0" * 8) else "f" * 8, sha[:8]):  # another file's, then this one's
+        monkeypatch.setattr(bench.features, "INCEPTION_SHA256_PREFIX", prefix)
+        for name in ("fd", "kid"):
+            args = {"features": "inception-v3-compat", "blur": [0], "feature_extractor_weights_path": weights,
+                    "batch_size": 4}
+            metric = METRICS.get(name).factory(METRICS.get(name).args(**args))
+            metric.update(SampleBatch(a, ["x"] * 8, list(range(8)), [{}] * 8))
+            (row,) = metric.compute(make_ctx(TensorDataset(b), tmp_path / "cache"))
+            rows[(prefix == sha[:8], name)] = row
+    assert rows[(False, "fd")].metric == "fd-inception" and rows[(False, "kid")].metric == "kid-inception"
+    assert "not FID" in rows[(False, "fd")].extra["weights_note"] and "not KID" in rows[(False, "kid")].extra["weights_note"]
+    assert rows[(True, "fd")].metric == "fid" and rows[(True, "kid")].metric == "kid"
+    assert "weights_note" not in rows[(True, "fd")].extra
+    assert rows[(True, "fd")].value == rows[(False, "fd")].value  # the name changes, never the number

@@ -33,20 +33,35 @@ def feats(n: int, d: int, seed: int, shift: float) -> torch.Tensor:
 @pytest.mark.parametrize("gram", [True, False])  # the fast path (kernel matrices once) and its plain twin
 def test_kid_equals_torchmetrics_on_full_sets(gram):
     gen, ref = feats(40, 16, 0, 0.3), feats(50, 16, 1, 0.0)
-    ours, _, m = kernel_distance(gen.numpy(), ref.numpy(), subsets=3, subset_size=40, seed=0, gram=gram)
+    ours, _, m, drawn = kernel_distance(gen.numpy(), ref.numpy(), subsets=3, subset_size=40, seed=0, gram=gram)
     theirs, _ = torchmetrics_kid(gen, ref, subsets=3, subset_size=40, seed=0)
-    assert m == 40
+    assert m == 40 and drawn == 3  # the reference side (50) still varies
     assert ours == pytest.approx(theirs, rel=1e-9)
 
 
 @pytest.mark.parametrize("gram", [True, False])
 def test_kid_equals_torchmetrics_with_subsets(gram):
     gen, ref = feats(60, 8, 2, 0.5), feats(70, 8, 3, 0.0)
-    ours, ours_std, _ = kernel_distance(gen.numpy(), ref.numpy(), subsets=20, subset_size=25, seed=7, gram=gram)
+    ours, ours_std, _, _ = kernel_distance(gen.numpy(), ref.numpy(), subsets=20, subset_size=25, seed=7, gram=gram)
     theirs, theirs_std = torchmetrics_kid(gen, ref, subsets=20, subset_size=25, seed=7)
     assert ours == pytest.approx(theirs, rel=1e-9)
     assert ours_std == pytest.approx(theirs_std, rel=1e-9)
     assert ours > 0.01
+
+
+def test_kid_of_two_whole_sets_is_one_estimate_without_a_spread(tmp_path):
+    """subset_size >= both set sizes: every subset would be both whole sets, so one estimate and no std (it
+    reported 100 equal draws with a std of 1e-16)."""
+    gen, ref = feats(30, 8, 2, 0.5), feats(30, 8, 3, 0.0)
+    ours, std, m, drawn = kernel_distance(gen.numpy(), ref.numpy(), subsets=100, subset_size=1000, seed=0)
+    theirs, _ = torchmetrics_kid(gen, ref, subsets=2, subset_size=30, seed=0)
+    assert (std, m, drawn) == (None, 30, 1) and ours == pytest.approx(theirs, rel=1e-9)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (2, 20, 3, 16, 16), generator=g, dtype=torch.uint8)
+    metric = build_kid(KIDArgs(features="clip", clip="ev", blur=[0]))
+    metric.update(SampleBatch(images[0], ["c"] * 20, list(range(20)), [{}] * 20))
+    (row,) = metric.compute(make_ctx(TensorDataset(images[1]), tmp_path, components={"ev": PixelClip()}))
+    assert row.extra["subsets"] == 1 and row.extra["kid_std"] is None and row.extra["subset_size"] == 20
 
 
 def test_kid_gram_fast_path_equals_the_per_subset_twin_and_is_the_default_at_bench_sizes():
@@ -68,7 +83,7 @@ def test_kid_metric_rows(tmp_path):
     assert [(r.metric, r.variant) for r in rows] == [("kid-clip", "blur=0"), ("kid-clip", "blur=1")]
     assert rows[0].n == 30 and rows[0].extra["subsets"] == 5 and rows[0].extra["subset_size"] == 20
     clip = PixelClip()
-    expected, _, _ = kernel_distance(clip.encode_image(gen).numpy(), clip.encode_image(ref).numpy(), 5, 1000, 0)
+    expected, _, _, _ = kernel_distance(clip.encode_image(gen).numpy(), clip.encode_image(ref).numpy(), 5, 1000, 0)
     assert rows[0].value == pytest.approx(expected, rel=1e-9)
 
 

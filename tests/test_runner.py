@@ -233,7 +233,7 @@ def test_samples_made_by_another_build_are_generated_again(tmp_path, capsys):
     assert all(t != first_real[name] for name, t in _stamps(real).items())
 
 
-def test_made_by_names_all_captions_and_stale_seeds_leave_the_intervals(tmp_path):
+def test_made_by_names_all_captions_and_stale_seeds_leave_the_intervals(tmp_path, monkeypatch):
     """random-caption draws from every eval caption, so num_captions changes its samples even for the ids kept;
     per-caption files of seeds the suite no longer runs are dropped; rows carry the run's provenance."""
     out, cache = tmp_path / "r", tmp_path / "cache"
@@ -256,6 +256,13 @@ def test_made_by_names_all_captions_and_stale_seeds_leave_the_intervals(tmp_path
     extra = json.loads(pd.read_csv(out / "results.csv")["extra"].iloc[0])
     assert extra["limit"] == 4 and extra["suite_hash"] == load_suite(path).hash()
     assert list(extra["components_made_of"]) == ["judge"]  # the judge behind the number
+    import bench.cache
+
+    assert extra["machine"] == bench.cache.machine_name("cpu")  # the processor behind the number
+    before = run(12, "[0]", limit=4)
+    assert before["platform"]["machine"] == extra["machine"] and before["platform"]["libraries"]["torch"]
+    monkeypatch.setattr(bench.cache, "machine_name", lambda device: "Another CPU @ 3.0GHz")
+    assert run(12, "[0]", limit=4)["fingerprint"] != before["fingerprint"]  # samples of another machine: made again
 
 
 def test_made_of_names_wrapped_systems_and_checkpoint_contents(tmp_path):
@@ -342,3 +349,21 @@ def test_a_row_carries_every_key_of_its_systems_provenance_and_the_metrics_own_w
     extra = json.loads(measured_row(suite, suite.systems[0], Made(), suite.metrics[0], value, 0, "cpu",
                                     run={"run": "r"})["extra"])
     assert extra == {"training": {"steps": 7}, "sampler": "ddim-50", "note": "the metric's", "run": "r"}
+
+
+def test_a_one_image_call_is_timed_and_credited_as_the_two_images_it_made(tmp_path):
+    """The last batch of one runs as two identical rows (see Runner.generate): throughput credits both images,
+    since both were made in the timed seconds."""
+    path = tmp_path / "odd.yaml"
+    path.write_text("suite: odd\nversion: 1\ndataset: {name: shapes, resolution: 32, num_captions: 5}\n"
+                    "generation: {batch_size: 4, seeds: [0]}\nsystems: [{name: real-images}]\n"
+                    "metrics: [{name: throughput}]\n")
+    out = tmp_path / "r"
+    Runner(load_suite(path), out_dir=out, progress=False, cache=tmp_path / "cache").run()
+    records = [json.loads(line) for line in (out / "timings" / "real-images" / "seed0.jsonl").read_text().splitlines()]
+    assert [r["images"] for r in records] == [4, 2]
+    assert len(list((out / "samples" / "real-images" / "seed0").glob("*.png"))) == 5
+    rows = pd.read_csv(out / "results.csv")
+    seconds = sum(r["seconds"] for r in records)
+    per_image = rows[(rows["metric"] == "throughput") & (rows["variant"] == "seconds/image")]
+    assert per_image["value"].iloc[0] == pytest.approx(seconds / 6)

@@ -171,11 +171,11 @@ def test_set_keeps_the_file_lines_of_what_it_did_not_replace(tmp_path):
 
 
 def test_reported_accepts_every_fd_and_kid_row_name_the_metrics_emit(tmp_path):
-    from bench.features import FD_METRIC_NAME
+    from bench.features import FD_METRIC_NAME, OTHER_INCEPTION_NAME
     from bench.metrics.kid import KID_METRIC_NAME
     from bench.suite import METRIC_NAMES_REPORTABLE
 
-    emitted = sorted({*FD_METRIC_NAME.values(), *KID_METRIC_NAME.values()})
+    emitted = sorted({*FD_METRIC_NAME.values(), *KID_METRIC_NAME.values(), *OTHER_INCEPTION_NAME.values()})
     assert set(emitted) <= set(METRIC_NAMES_REPORTABLE)
     values = ", ".join(f"{name}/blur=0: {i}" for i, name in enumerate(emitted))
     p = _write(tmp_path, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\nsystems: [{name: noise}]\n"

@@ -3,7 +3,8 @@
 A small CNN turns the image into a grid of memory tokens; a causal transformer reads them and
 predicts the caption's open_clip BPE tokens (`open_clip.get_tokenizer('ViT-B-32')`, offline)
 one at a time. The output vocabulary is the set of BPE ids seen in the training captions plus one
-<unknown> bucket (a caption token outside it is scored as <unknown>), so the softmax stays small.
+<unknown> bucket (a caption token outside it reads as <unknown> and is left out of CapLoss), so the
+softmax stays small.
 Trained on the dataset's captioned `pairs`; saved as safetensors + a config JSON.
 """
 from __future__ import annotations
@@ -124,14 +125,21 @@ class Captioner(nn.Module):
 
     @torch.no_grad()
     def caption_loss(self, images: Tensor, captions: list[str]) -> Tensor:
-        """Per image: the mean cross-entropy (nats) of its caption's tokens after SOT, EOT included. float64 [B]."""
+        """Per image: the mean cross-entropy (nats) of its caption's tokens after SOT, EOT included, over the tokens
+        in the captioner's vocabulary: a word no training caption had can only be <unknown>, a target it never
+        learned, whatever the image shows (`unknown_tokens` counts those left out). float64 [B]."""
         was = self.training
         self.eval()
         dev = self.lut.device
         ids, mask = self.tokenize(captions)
         logits = self.next_token_logits(images.to(dev), ids)
         self.train(was)
-        return token_nll(logits, ids[:, 1:], mask).cpu()
+        return token_nll(logits, ids[:, 1:], mask & (ids[:, 1:] != self.unknown)).cpu()
+
+    def unknown_tokens(self, captions: list[str]) -> tuple[Tensor, Tensor]:
+        """Per caption: (its tokens outside the vocabulary, all its scored tokens), long [B] each."""
+        ids, mask = self.tokenize(captions)
+        return (mask & (ids[:, 1:] == self.unknown)).sum(1).cpu(), mask.sum(1).cpu()
 
 
 def token_nll(logits: Tensor, targets: Tensor, mask: Tensor) -> Tensor:

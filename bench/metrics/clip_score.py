@@ -1,9 +1,9 @@
 """`clip-score`: 100 * max(cos(image, caption), 0) under a named evaluator CLIP, averaged over images.
 
 The evaluator is any component with `encode_image(uint8 [B,3,H,W]) -> [B,D]` and
-`encode_text(list[str]) -> [B,D]`; both embeddings are L2-normalised here. When the evaluator is
-the very CLIP the generator is conditioned on, the score flatters the generator; every row says so
-in `extra["evaluator_is_conditioning_clip"]`.
+`encode_text(list[str]) -> [B,D]`; both embeddings are L2-normalised here. When the system was built
+with the evaluator (conditioned on it, re-ranked or optimised with it, or with the same weights under
+another name), the score flatters it; every row says so in `extra["evaluator_used_by_system"]`.
 """
 from __future__ import annotations
 
@@ -57,8 +57,7 @@ class ClipScore(StreamingMetric):
             per_id.setdefault(cid, []).append(v)
         for cid, vs in per_id.items():
             ctx.per_caption.setdefault(cid, {})["clip-score"] = sum(vs) / len(vs)
-        own = getattr(ctx.system, "conditioning_clip_name", None)
-        extra = {"clip": self.args.clip, "evaluator_is_conditioning_clip": own is not None and own == self.args.clip,
+        extra = {"clip": self.args.clip, "evaluator_used_by_system": bool(ctx.made_with(self.args.clip)),
                  "std": float(scores.std(unbiased=False))}
         return [MetricValue("clip-score", "", float(scores.mean()), int(scores.numel()), extra)]
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.api import MetricValue, RunContext, SampleBatch, UserError
-from bench.features import FD_METRIC_NAME, FEATURES, missing_feature_resources
+from bench.features import FD_METRIC_NAME, FEATURES, INCEPTION_SHA256_PREFIX, OTHER_INCEPTION_NAME, missing_feature_resources
 from bench.metrics.stats import (FeatureStats, StreamingMetric, extract, feature_stats, frechet_distance_of,
                                  get_extractor, reference_stats)
 from bench.registry import METRICS
@@ -43,6 +43,9 @@ class FDArgs:
 def missing_resources(args: FDArgs) -> list[str]:
     """One line per missing weights file, with where to put it (called by `bench run` before heavy work)."""
     return args.missing_resources()
+
+
+OFFICIAL_INCEPTION_NAME = {"fd": "FID", "kid": "KID"}
 
 
 class FeatureMetric(StreamingMetric):
@@ -84,27 +87,38 @@ class FeatureMetric(StreamingMetric):
             ref, cached = reference_stats(ctx, self.extractor, r, self.args.batch_size)
             value, extra = self._score(gen, ref, r)
             extra.update(self._provenance(gen, ref, r, cached, ctx))
-            rows.append(MetricValue(self._metric_name(), f"blur={r}", value, gen.n, extra))
+            rows.append(MetricValue(self._row_name(), f"blur={r}", value, gen.n, extra))
         return rows
+
+    def _other_inception(self) -> bool:
+        """Inception-v3 features from weights other than torch-fidelity's (a stand-in, a retrained network)."""
+        return self.args.features == "inception-v3-compat" and not self.extractor.official
+
+    def _row_name(self) -> str:
+        return OTHER_INCEPTION_NAME[self.family] if self._other_inception() else self.names[self.args.features]
 
     def _provenance(self, gen: FeatureStats, ref: FeatureStats, r: int, cached: bool, ctx: RunContext) -> dict:
         extra = {"features": self.args.features, "feature_dim": gen.dim, "resize": self.extractor.resize_policy,
-                 "blur_radius": r, "n_reference": ref.n, "reference_stats_cached": cached}
+                 "blur_radius": r, "n_reference": ref.n, "reference_stats_cached": cached,
+                 "extractor": self.extractor.identity()}
+        if self._other_inception():
+            extra["weights_note"] = (f"Inception-v3 weights other than torch-fidelity's (sha256 "
+                                     f"{INCEPTION_SHA256_PREFIX}...): not {OFFICIAL_INCEPTION_NAME[self.family]}, not comparable with "
+                                     "published values")
         if self.args.features == "clip":
             extra["clip"] = self.args.clip
         extra["n_below_feature_dim"] = min(gen.n, ref.n) <= gen.dim  # rank-deficient covariance (rank <= n - 1)
         return extra
 
-    def _metric_name(self) -> str:
-        raise NotImplementedError
+    family = ""  # "fd" or "kid"
+    names: dict[str, str] = {}  # row name per features (torch-fidelity's Inception for "inception-v3-compat")
 
     def _score(self, gen: FeatureStats, ref: FeatureStats, r: int) -> tuple[float, dict]:
         raise NotImplementedError
 
 
 class FrechetDistance(FeatureMetric):
-    def _metric_name(self) -> str:
-        return FD_METRIC_NAME[self.args.features]
+    family, names = "fd", FD_METRIC_NAME
 
     def _score(self, gen: FeatureStats, ref: FeatureStats, r: int) -> tuple[float, dict]:
         value = frechet_distance_of(gen, ref)

@@ -3,7 +3,7 @@
 k(x, y) = (x.y / d + 1)^3. The estimate is the mean over `subsets` random subsets of
 min(subset_size, n_generated, n_reference) samples from each side (drawn without replacement,
 in torchmetrics' order: a permutation of the reference, then of the generated features, per
-subset, from a generator seeded with `seed`). Rows: `kid` (Inception), `kid-effnet-lite0`,
+subset, from a generator seeded with `seed`); when that takes both whole sets, one subset, no std. Rows: `kid` (Inception), `kid-effnet-lite0`,
 `kid-clip`; variant "blur=k".
 """
 from __future__ import annotations
@@ -54,8 +54,11 @@ def polynomial_mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 def kernel_distance(gen: np.ndarray, ref: np.ndarray, subsets: int, subset_size: int, seed: int,
-                    gram: bool | None = None) -> tuple[float, float, int]:
-    """(mean, population std over subsets, the subset size used).
+                    gram: bool | None = None) -> tuple[float, float | None, int, int]:
+    """(mean, population std over subsets, the subset size used, the subsets drawn).
+
+    When the subset size takes every sample on both sides, every subset is the whole of both sets: the estimate
+    is computed once (1 subset) and has no spread to report (std None), rather than 100 equal draws and a std of 0.
 
     gram: None picks by size; True precomputes the kernel matrices over all samples once and sums submatrices;
     False computes each subset's kernels from its features (the plain twin; the two agree to fp64 rounding).
@@ -65,6 +68,8 @@ def kernel_distance(gen: np.ndarray, ref: np.ndarray, subsets: int, subset_size:
     m = min(subset_size, g.shape[0], r.shape[0])
     if m < 2:
         raise ValueError("KID needs at least 2 samples on each side")
+    if m == g.shape[0] == r.shape[0]:
+        return float(polynomial_mmd2_unbiased(r, g)), None, m, 1
     if gram is None:
         n_r, n_g = r.shape[0], g.shape[0]
         gram = n_r * n_r + n_g * n_g + n_r * n_g <= _GRAM_MAX_ENTRIES
@@ -80,20 +85,18 @@ def kernel_distance(gen: np.ndarray, ref: np.ndarray, subsets: int, subset_size:
         else:
             scores.append(polynomial_mmd2_unbiased(r[ri], g[gi]))
     s = torch.stack(scores)
-    return float(s.mean()), float(s.std(unbiased=False)), m
+    return float(s.mean()), float(s.std(unbiased=False)), m, subsets
 
 
 class KernelDistance(FeatureMetric):
     args: KIDArgs
 
-    def _metric_name(self) -> str:
-        return KID_METRIC_NAME[self.args.features]
+    family, names = "kid", KID_METRIC_NAME
 
     def _score(self, gen: FeatureStats, ref: FeatureStats, r: int) -> tuple[float, dict]:
-        mean, std, m = kernel_distance(gen.features, ref.features, self.args.subsets, self.args.subset_size,
-                                       self.args.seed)
-        return mean, {"kid_std": std, "subsets": self.args.subsets, "subset_size": m, "kernel": "poly3",
-                      "estimator": "unbiased"}
+        mean, std, m, drawn = kernel_distance(gen.features, ref.features, self.args.subsets, self.args.subset_size,
+                                              self.args.seed)
+        return mean, {"kid_std": std, "subsets": drawn, "subset_size": m, "kernel": "poly3", "estimator": "unbiased"}
 
 
 @METRICS.register("kid", "kernel distance (unbiased MMD^2, cubic polynomial kernel) on fd's features, per blur radius",

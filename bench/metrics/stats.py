@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from bench.api import RunContext, SampleBatch
-from bench.cache import atomic_write_bytes, code_fingerprint, code_home, key_hash, library_versions, mark_used, stats_file_key
+from bench.cache import atomic_write_bytes, code_fingerprint, code_home, key_hash, mark_used, platform_key, stats_file_key
 from bench.features import build_extractor, gaussian_blur
 
 STATS_FORMAT = 1  # bump when the stored layout changes (the code computing it is in the key)
@@ -135,7 +135,7 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
     key = {"format": STATS_FORMAT, "reference": ctx.reference_key(), "extractor": extractor.identity(),
            "blur": blur, "code": code_fingerprint(__name__, *map(code_home, (type(extractor).__module__,
                                                                               *ctx.dataset.code_modules()))),
-           "device": ctx.device.split(":")[0], "batch_size": batch_size, "libraries": library_versions()}
+           "platform": platform_key(ctx.device), "batch_size": batch_size}
     path = Path(ctx.cache_dir) / "stats" / f"{key_hash(key)}.npz"
     if stats_file_key(path) == json.loads(json.dumps(key, sort_keys=True, default=str)):  # else rewritten below
         with np.load(path, allow_pickle=False) as z:

@@ -64,7 +64,6 @@ class ClipGen:
         self.gpt, self.vqgan, self.clip, self.args = gpt, vqgan, clip, args
         self.rerank = rerank_clip
         self.uses_captions = uses_captions
-        self.conditioning_clip_name = args.clip
         self.tokens_per_image = vqgan.grid * vqgan.grid * args.candidates
         self.training = training
 
