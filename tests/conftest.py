@@ -23,3 +23,15 @@ def kernel_device():
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny per-row ops run many times faster in one thread on a busy CPU: a module opts in with
+    `pytestmark = pytest.mark.usefixtures("one_thread")`; the thread count is restored afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

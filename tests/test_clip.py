@@ -39,14 +39,9 @@ def toy_pairs(n: int, seed: int = 0, size: int = 32) -> tuple[torch.Tensor, list
     return images, captions
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second thread, and on a shared, oversubscribed 2-core machine
-    OpenMP's spin-waiting made them ~15x slower (unless OMP_WAIT_POLICY=PASSIVE)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny models gain nothing from a second thread, and on a shared, oversubscribed 2-core machine OpenMP's
+# spin-waiting made them ~15x slower (unless OMP_WAIT_POLICY=PASSIVE)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

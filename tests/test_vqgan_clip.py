@@ -11,13 +11,7 @@ from reference.vqgan import VQGAN
 CAPTIONS = ["a red circle in the top left", "a blue square in the bottom right", "a green cross in the top right"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny per-row ops: one thread is many times faster on a busy CPU (restored afterwards)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
