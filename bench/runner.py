@@ -38,11 +38,15 @@ from bench.suite import Suite, args_dict, path_args, references
 from reference.progress import progress_bar
 
 
+RUN_MARKER = ".bench-run"  # written into a run folder as soon as it is made (before any training)
+
+
 def is_run_folder(path: Path) -> bool:
-    """Whether `path` holds a bench run or what one left (what --fresh may delete): an empty folder counts, and so
-    does one holding only the logs of a run stopped while training."""
-    made_by_bench = ("suite.resolved.json", "samples", "results.csv", "build-logs", "shard-logs")
-    return path.is_dir() and (not any(path.iterdir()) or any((path / name).exists() for name in made_by_bench))
+    """Whether `path` holds a bench run or what one left (what --fresh may delete): an empty folder, or one with
+    the marker a run writes first (so a run stopped while training counts) or, from runs before the marker, the
+    resolved suite. Names any tool might use (samples/, results.csv) prove nothing."""
+    return path.is_dir() and (not any(path.iterdir()) or (path / RUN_MARKER).is_file()
+                              or (path / "suite.resolved.json").is_file())
 
 
 def caption_seed(seed: int, caption_id: int) -> int:
@@ -201,15 +205,22 @@ class Runner:
             raise UserError("no captions to generate for (check dataset.num_captions and --limit)")
         self.resolution = dataset.resolution
         if self.fresh and self.out.exists() and self.coordinator:  # never a shard: others may be writing
+            here = Path.cwd().resolve()
+            if here == self.out.resolve() or self.out.resolve() in here.parents:
+                raise UserError(f"--fresh would delete {self.out}, which holds the current folder: choose another --out")
             if not is_run_folder(self.out):
-                raise UserError(f"--fresh would delete {self.out}, which is not a bench run folder (no "
-                                f"suite.resolved.json, samples/ or results.csv): choose another --out or empty it yourself")
+                raise UserError(f"--fresh would delete {self.out}, which is not a bench run folder (no {RUN_MARKER} "
+                                f"or suite.resolved.json in it): choose another --out or empty it yourself")
             shutil.rmtree(self.out)
         created = not self.out.exists()
         try:
             self.out.mkdir(parents=True, exist_ok=True)
+            if not (self.out / RUN_MARKER).exists():
+                atomic_write_bytes(self.out / RUN_MARKER, b"a clipgen-bench run folder: bench run --fresh may delete it\n")
         except OSError as err:
-            raise UserError(f"cannot make the run folder {self.out}: {err.strerror} (--out)") from None
+            if created:
+                shutil.rmtree(self.out, ignore_errors=True)
+            raise UserError(f"cannot write the run folder {self.out}: {err.strerror} (--out)") from None
         try:
             builder = ready_builder(self.suite, dataset, self.device, self.cache, self.progress, self.build_workers,
                                     self.out / "build-logs")

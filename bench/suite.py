@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -425,6 +426,9 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     c.mapping(data, (), TOP_KEYS, required=("suite", "version", "dataset"))
     if not isinstance(data["suite"], str) or not data["suite"]:
         c.fail(("suite",), f"expected a non-empty name, got {_describe(data['suite'])}")
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9._-]*", data["suite"]) or data["suite"] in (".", ".."):
+        c.fail(("suite",), f"{data['suite']!r} cannot name the run folder runs/<suite>: use letters, digits, '.', '_' "
+                           "and '-' (not starting with '.' or '-')")
     if isinstance(data["version"], bool) or not isinstance(data["version"], int) or data["version"] < 1:
         c.fail(("version",), f"expected a positive integer, got {_describe(data['version'])}")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 from pathlib import Path
 
 import torch
@@ -54,8 +55,11 @@ def read_config(path: str | os.PathLike) -> tuple[str, object, dict]:
     return kind, config_from_dict(KINDS[kind], doc["config"]), doc.get("meta", {})
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu"):
-    """Rebuild the model saved at ``path``; returns (model, train_state or None, meta)."""
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", train_state: bool = False):
+    """Rebuild the model saved at ``path``; returns (model, train_state or None, meta).
+
+    The training state (optimiser, history) is read only when asked for (resuming training), and then with
+    torch's restricted unpickler (weights_only): loading a model for inference never unpickles anything."""
     from reference.gpt import GPT
     from reference.vqgan import VQGAN
 
@@ -67,8 +71,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
     model.to(map_location)
     ts_path = Path(path) / "train_state.pt"
-    train_state = torch.load(ts_path, map_location=map_location, weights_only=False) if ts_path.exists() else None
-    return model, train_state, meta
+    state = None
+    if train_state and ts_path.exists():
+        try:
+            state = torch.load(ts_path, map_location=map_location, weights_only=True)
+        except pickle.UnpicklingError as err:
+            first = (str(err).strip().splitlines() or ["unreadable"])[0]
+            raise ValueError(f"{ts_path}: not a training state this code wrote (refused by the restricted "
+                             f"unpickler: {first})") from None
+    return model, state, meta
 
 
 def save_vqgan(path, model, train_state=None, meta=None) -> Path:

@@ -172,7 +172,7 @@ def train_vqgan(images: Tensor, cfg: VQGANConfig | str = "tiny", steps: int | No
     gan_from = max(cfg.gan_start, math.ceil(cfg.gan_start_epochs * (images.shape[0] // bs)))  # full batches per epoch
     start, history, restarted = 0, [], 0
     if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / "config.json").exists():
-        loaded, state, _ = load_checkpoint(checkpoint_dir, dev)
+        loaded, state, _ = load_checkpoint(checkpoint_dir, dev, train_state=True)
         model.load_state_dict(loaded.state_dict())
         opt.load_state_dict(state["optimizer"])
         opt_d.load_state_dict(state["optimizer_d"])
@@ -323,7 +323,7 @@ def train_gpt(tokens: Tensor, embeddings: Tensor, cfg: GPTConfig | str = "tiny",
     batches = _Batches(n, bs, seed)
     start, history = 0, []
     if resume and checkpoint_dir is not None and (Path(checkpoint_dir) / "config.json").exists():
-        loaded, state, _ = load_checkpoint(checkpoint_dir, dev)
+        loaded, state, _ = load_checkpoint(checkpoint_dir, dev, train_state=True)
         model.load_state_dict(loaded.state_dict())
         opt.load_state_dict(state["optimizer"])
         start, history = state["step"], state["history"]

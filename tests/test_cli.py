@@ -158,19 +158,39 @@ def test_fresh_refuses_a_folder_that_holds_no_run(tmp_path):
     (run / "stray.txt").write_text("x")
     assert CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(run), "--fresh", "--quiet"]).exit_code == 0
     assert not (run / "stray.txt").exists()  # a run folder starts over
-    # what an interrupted run leaves: an empty folder, or only its training logs
+    assert (run / ".bench-run").is_file()
+    # what an interrupted run leaves: an empty folder, or its marker and training logs
     for left in ("empty", "interrupted"):
         (tmp_path / left).mkdir()
         if left == "interrupted":
             (tmp_path / left / "build-logs").mkdir()
+            (tmp_path / left / ".bench-run").write_text("")
         result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(tmp_path / left), "--fresh", "--quiet"])
         assert result.exit_code == 0, result.output
+    # names another tool might use prove nothing: a folder with samples/ and results.csv but no marker is kept
+    other = tmp_path / "other"
+    (other / "samples").mkdir(parents=True)
+    (other / "results.csv").write_text("mine")
+    result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(other), "--fresh", "--quiet"])
+    assert result.exit_code == 2 and (other / "results.csv").read_text() == "mine"
+
+
+def test_fresh_never_deletes_the_folder_it_is_run_from(tmp_path, monkeypatch):
+    project = tmp_path / "project"
+    (project / "sub").mkdir(parents=True)
+    (project / ".bench-run").write_text("")  # even one that looks like a run folder
+    (project / "main.py").write_text("code")
+    for here in (project, project / "sub"):
+        monkeypatch.chdir(here)
+        result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(project), "--fresh", "--quiet"])
+        assert result.exit_code == 2 and "holds the current folder" in result.output
+        assert (project / "main.py").read_text() == "code"
 
 
 def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path):
     (tmp_path / "afile").write_text("x")
     result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(tmp_path / "afile" / "sub"), "--quiet"])
-    assert result.exit_code == 2 and result.output.startswith("error: cannot make the run folder"), result.output
+    assert result.exit_code == 2 and result.output.startswith("error: cannot write the run folder"), result.output
     assert "\n" not in result.output.strip()  # (--out afile itself: click's usage error, exit 2)
     assert (tmp_path / "afile").read_text() == "x"
 

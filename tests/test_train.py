@@ -151,6 +151,28 @@ def test_checkpoints_round_trip(tmp_path):
         load_gpt(tmp_path / "vq")
 
 
+class _Planted:
+    """A pickle that, unpickled, touches a file: what a hostile train_state.pt could do."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_checkpoints_training_state_is_never_unpickled_for_inference(tmp_path):
+    save_gpt(tmp_path / "gpt", GPT(GPT16), train_state={"step": 1})
+    planted = tmp_path / "planted"
+    torch.save({"step": 1, "payload": _Planted(planted)}, tmp_path / "gpt" / "train_state.pt")
+    assert isinstance(load_gpt(tmp_path / "gpt"), GPT) and not planted.exists()
+    _, state, _ = load_checkpoint(tmp_path / "gpt")
+    assert state is None and not planted.exists()
+    with pytest.raises(ValueError, match="restricted unpickler"):  # resuming reads it, with weights_only
+        load_checkpoint(tmp_path / "gpt", train_state=True)
+    assert not planted.exists()
+
+
 def test_gpt_training_resumes_exactly(tmp_path):
     tokens = torch.randint(0, TINY.gpt.vocab_size, (40, 4, 4))
     emb = torch.randn(40, 8)
@@ -158,12 +180,12 @@ def test_gpt_training_resumes_exactly(tmp_path):
     straight, s1 = train_gpt(tokens, emb, steps=12, **kw)
     # interrupted after step 5 (periodic checkpoints every 5), then resumed to 12
     train_gpt(tokens, emb, steps=12, checkpoint_dir=tmp_path / "ck5", checkpoint_every=5, stop_after=5, **kw)
-    assert load_checkpoint(tmp_path / "ck5")[1]["step"] == 5
+    assert load_checkpoint(tmp_path / "ck5", train_state=True)[1]["step"] == 5
     resumed, s2 = train_gpt(tokens, emb, steps=12, checkpoint_dir=tmp_path / "ck5", resume=True, **kw)
     for (k, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), k
     assert s1["history"] == s2["history"]
-    _, state, _ = load_checkpoint(tmp_path / "ck5")
+    _, state, _ = load_checkpoint(tmp_path / "ck5", train_state=True)
     assert state["step"] == 12 and "optimizer" in state
 
 
