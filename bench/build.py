@@ -12,7 +12,7 @@ from bench.api import UserError
 from bench.cache import artefact_dir, cached_artefact, code_fingerprint, code_home, key_hash, path_stamp, platform_key
 from bench.datasets.base import ReadsOnly, check_reads
 from bench.registry import COMPONENTS, SYSTEMS
-from bench.suite import Suite, args_dict, path_args
+from bench.suite import Suite, args_dict, path_args, split_model_path
 
 Item = tuple[str, str]  # ("component", name) or ("system", alias)
 
@@ -150,7 +150,7 @@ class Builder:
     def key_of(self, name: str) -> dict:
         spec = self.suite.components[name]
         if spec.path is not None:  # "file" or "architecture@file": read from disk, no data
-            prefix, _, file = spec.path.rpartition("@")
+            prefix, file = split_model_path(spec.kind, spec.path)
             source = {"path_prefix": prefix, **path_stamp(file)}
         else:
             source = {"train": dataclasses.asdict(spec.train) if dataclasses.is_dataclass(spec.train) else spec.train,

@@ -71,9 +71,11 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
     Under torchrun (WORLD_SIZE > 1) each rank generates its shard and rank 0 measures.
     """
     from bench.api import UserError
-    from bench.suite import load_suite
+    from bench.suite import MAX_PROCESSES, load_suite
 
     try:
+        if nproc is not None and nproc > MAX_PROCESSES:
+            raise UserError(f"--nproc {nproc}: at most {MAX_PROCESSES} generation processes")
         suite = load_suite(suite_path, overrides)
         from bench.report import sample_grid
         from bench.results import load_per_caption, markdown

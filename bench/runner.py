@@ -34,7 +34,7 @@ from bench.cache import atomic_write_bytes, cache_dir, code_fingerprint, key_has
 from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 from bench.results import Results, measured_row
-from bench.suite import Suite, args_dict, path_args, references
+from bench.suite import Suite, args_dict, path_args, references, split_model_path
 from reference.progress import progress_bar
 
 
@@ -69,7 +69,7 @@ def check_resources(suite: Suite) -> list[str]:
         ask(DATASETS, suite.dataset.train_source.name, suite.dataset.train_source.args)
     for spec in suite.components.values():
         if spec.path is not None:
-            missing.extend(_missing_path(spec.path.rpartition("@")[2], f"component {spec.name!r} ({spec.kind})",
+            missing.extend(_missing_path(split_model_path(spec.kind, spec.path)[1], f"component {spec.name!r} ({spec.kind})",
                                          f"components.{spec.name}.path"))
         else:
             ask(COMPONENTS, spec.kind, spec.train)

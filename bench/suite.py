@@ -32,13 +32,17 @@ class SuiteError(UserError):
 
 
 # ---- the suite, as frozen dataclasses ---------------------------------------------------------
+MAX_SEED = 2**63 - 1  # seeds are stored as int64 (results tables, parquet)
+MAX_PROCESSES = 64  # generation processes: a typo of 1000 would start 1000 torch processes
+
+
 @dataclass(frozen=True)
 class GenerationSpec:
     batch_size: int = field(default=64, metadata={"min": 1, "help": "captions per generate() call"})
-    seeds: tuple[int, ...] = field(default=(0,), metadata={"min": 0, "help": "one full generation pass per seed"})
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"min": 0, "max": MAX_SEED, "help": "one full generation pass per seed"})
     threads: int | None = field(default=None, metadata={"min": 1, "help": "torch threads (default: all cores)"})
     warmup: bool = field(default=True, metadata={"help": "one untimed generate() before timing"})
-    processes: int = field(default=1, metadata={"min": 1, "help": "generate in N processes of cores/N threads "
+    processes: int = field(default=1, metadata={"min": 1, "max": MAX_PROCESSES, "help": "generate in N processes of cores/N threads "
                                                               "(captions sharded, the same samples; --nproc wins)"})
 
 
@@ -375,16 +379,18 @@ class _Checker:
             return value
         self.fail(path, f"unsupported argument type {tp!r} (a bug in the registered args class)")
 
-    def resolve_path(self, value: str, path: tuple, folder: bool = False) -> str:
+    def resolve_path(self, value: str, path: tuple, folder: bool = False, kind: str = "") -> str:
         """Expand ~ and $VARS; a relative path is relative to the suite file that wrote it.
 
-        `NAME@PATH` (an open_clip architecture and its weights file) resolves the PATH part. A bare word
-        without `/` or `.` stays as written (it may name a model), unless the argument is a `folder`.
+        A clip component's `NAME@PATH` (an open_clip architecture and its weights file, `split_model_path`)
+        resolves the PATH part. A bare word without `/` or `.` stays as written (it may name a model or a hub
+        tag), unless the argument is a `folder`.
         """
         import os
 
         value = os.path.expanduser(os.path.expandvars(value))
-        prefix, sep, rest = value.rpartition("@") if "@" in value else ("", "", value)
+        model, rest = split_model_path(kind, value)
+        prefix, sep = (model, "@") if model else ("", "")
         origin, _ = self.loc.get(path, (self.file, 1))
         unset = "$" in rest  # an environment variable that is not set: leave it for the resource check to name
         if rest and not unset and not os.path.isabs(rest) and not origin.startswith("--set") and (folder or "/" in rest or "." in rest):
@@ -450,7 +456,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         if "path" in spec:
             if not isinstance(spec["path"], str) or not spec["path"]:
                 c.fail(p + ("path",), f"expected a file or directory path, got {_describe(spec['path'])}")
-            components[name] = ComponentSpec(name, kind, c.resolve_path(spec["path"], p + ("path",)), None)
+            components[name] = ComponentSpec(name, kind, c.resolve_path(spec["path"], p + ("path",), kind=kind), None)
         else:
             train = c.dataclass_from(COMPONENTS.get(kind).args, spec["train"], p + ("train",), f"{kind} training")
             # a component kind may check its training args against the dataset (e.g. a preset's resolution)
@@ -477,7 +483,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         args = c.dataclass_from(SYSTEMS.get(name).args, entry.get("args"), p + ("args",), f"system {name}")
         seeds = None
         if "seeds" in entry:
-            seeds = c.coerce(entry["seeds"], tuple[int, ...], {"min": 0}, p + ("seeds",))
+            seeds = c.coerce(entry["seeds"], tuple[int, ...], {"min": 0, "max": MAX_SEED}, p + ("seeds",))
             _check_seeds(c, seeds, p + ("seeds",), within=generation.seeds)
         systems.append(SystemSpec(name, alias, args, seeds))
     if not systems:
@@ -620,6 +626,16 @@ def _reported(c: _Checker, raw: Any) -> tuple[ReportedRow, ...]:
             parsed.append(ReportedValue(metric, variant, float(v)))
         rows.append(ReportedRow(entry["system"], entry["citation"], uses, tuple(parsed)))
     return tuple(rows)
+
+
+def split_model_path(kind: str, path: str) -> tuple[str, str]:
+    """(model, file) of a clip component's 'MODEL@FILE' (an open_clip architecture and its weights, or a hub tag),
+    else ("", path): an '@' anywhere else (a versioned folder 'ckpt@v2/', a 'user@host' mount) is part of the path."""
+    if kind == "clip" and "@" in path:
+        model, _, file = path.partition("@")
+        if model and "/" not in model:
+            return model, file
+    return "", path
 
 
 # the row names a reported value may carry (what the metrics emit; fd's and kid's are the values of

@@ -112,12 +112,26 @@ def test_relative_paths_are_taken_from_the_suite_folder(tmp_path, monkeypatch):
     p = _write(sub, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\n"
                               "components:\n  vqgan: {kind: vqgan, path: ../ckpt/vqgan}\n"
                               "  clip: {kind: clip, path: 'ViT-B-32@weights/b32.pt'}\n"
+                              "  judge: {kind: attribute-judge, path: 'ckpt@v2/judge'}\n"
                               "systems: [{name: clipgen, args: {path: ../ckpt/gpt}}]\n")
     monkeypatch.setenv("CKPT", str(tmp_path / "elsewhere"))
     s = load_suite(p, ["components.vqgan.path=$CKPT/v"])
     assert s.components["vqgan"].path == str(tmp_path / "elsewhere" / "v")
     assert s.components["clip"].path == "ViT-B-32@" + str(sub / "weights" / "b32.pt")
     assert s.system("clipgen").args.path == str(tmp_path / "ckpt" / "gpt")
+    assert s.components["judge"].path == str(sub / "ckpt@v2" / "judge")  # '@' is MODEL@FILE for a clip only
+
+
+def test_an_at_sign_in_a_checkpoint_folder_is_part_of_its_path(tmp_path):
+    from bench.runner import check_resources
+
+    p = _write(tmp_path, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\n"
+                                   "components:\n  vqgan: {kind: vqgan, path: /nowhere/ckpt@v2/vqgan}\n"
+                                   "  clip: {kind: clip, path: 'ViT-B-32@/nowhere/b32.pt'}\n"
+                                   "systems: [{name: vqgan-recon}]\n")
+    missing = check_resources(load_suite(p))
+    assert any("/nowhere/ckpt@v2/vqgan does not exist" in line for line in missing), missing
+    assert any("/nowhere/b32.pt" in line and "ViT-B-32@" not in line.split("/nowhere")[1] for line in missing), missing
 
 
 def test_train_source_inherits_resolution_and_resolves_its_root_from_the_suite_folder(tmp_path):
@@ -182,3 +196,13 @@ def test_reported_accepts_every_fd_and_kid_row_name_the_metrics_emit(tmp_path):
                                    f"reported: [{{system: published, citation: x 2021, values: {{{values}}}}}]\n")
     row = load_suite(p).reported[0]
     assert sorted(v.metric for v in row.values) == emitted and {v.variant for v in row.values} == {"blur=0"}
+
+
+def test_seeds_and_process_counts_have_upper_bounds(tmp_path):
+    p = _write(tmp_path, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\nsystems: [{name: noise}]\n")
+    for override, message in (("generation.seeds=[99999999999999999999]", "must be <= 9223372036854775807"),
+                              ("generation.processes=500", "must be <= 64")):
+        with pytest.raises(SuiteError, match=message):
+            load_suite(p, [override])
+    result = CliRunner().invoke(cli, ["run", str(p), "--nproc", "1000"])
+    assert result.exit_code == 2 and "at most 64 generation processes" in result.output
