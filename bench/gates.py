@@ -39,9 +39,13 @@ def load_gates(path: Path) -> list[Gate]:
     if not path.exists():
         raise UserError(f"{path}: tolerance file not found (give --tolerances or put it beside the baseline)")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise UserError(f"{path}: not valid YAML: {_yaml_problem(err)}") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not a tolerance file (not UTF-8 text)") from None
+    except (ValueError, TypeError, AttributeError) as err:  # a tag the safe loader cannot build (!!int abc)
+        raise UserError(f"{path}: not valid YAML: {(str(err) or type(err).__name__).splitlines()[0]}") from None
     if not isinstance(data, dict) or not isinstance(data.get("gates"), list) or not data["gates"]:
         raise UserError(f"{path}: expected a mapping with a non-empty list under gates:")
     gates = []

@@ -130,14 +130,18 @@ class _Located:
 def _node_to_python(node: yaml.Node, file: str, path: tuple, loc: _Located) -> Any:
     loc.where[path] = (file, node.start_mark.line + 1)
     if isinstance(node, yaml.MappingNode):
+        merged = _flatten_merge_keys(node, file, path)
         out: dict = {}
-        for key_node, value_node in node.value:
+        own: set = set()
+        for i, (key_node, value_node) in enumerate(node.value):
             key = _scalar(key_node, file, path, loc)
             if not isinstance(key, str):
                 raise SuiteError(f"{file}:{key_node.start_mark.line + 1}: {_dotted(path) or '<top>'}: "
                                  f"keys must be strings, got {key!r}")
-            if key in out:
-                raise SuiteError(f"{file}:{key_node.start_mark.line + 1}: {_dotted(path + (key,))}: duplicate key")
+            if i >= merged:  # the mapping's own keys (merged ones come first, and its own override them)
+                if key in own:
+                    raise SuiteError(f"{file}:{key_node.start_mark.line + 1}: {_dotted(path + (key,))}: duplicate key")
+                own.add(key)
             out[key] = _node_to_python(value_node, file, path + (key,), loc)
             loc.where[path + (key,)] = (file, key_node.start_mark.line + 1)
         return out
@@ -146,12 +150,31 @@ def _node_to_python(node: yaml.Node, file: str, path: tuple, loc: _Located) -> A
     return _scalar(node, file, path, loc)
 
 
+def _flatten_merge_keys(node: yaml.MappingNode, file: str, path: tuple) -> int:
+    """Expand YAML merge keys (`<<: *defaults`) in place, as a YAML loader does; returns how many of the pairs
+    now first in `node.value` were merged in."""
+    loader = yaml.SafeLoader("")
+    own = sum(1 for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge")
+    try:
+        loader.flatten_mapping(node)
+        return len(node.value) - own
+    except yaml.YAMLError as err:
+        raise SuiteError(f"{file}:{node.start_mark.line + 1}: {_dotted(path) or '<top>'}: "
+                         f"{getattr(err, 'problem', None) or err}") from None
+    finally:
+        loader.dispose()
+
+
 def _scalar(node: yaml.Node, file: str, path: tuple, loc: _Located) -> Any:
     if not isinstance(node, yaml.ScalarNode):
-        raise SuiteError(f"{file}:{node.start_mark.line + 1}: {_dotted(path)}: expected a plain value")
+        raise SuiteError(f"{file}:{node.start_mark.line + 1}: {_dotted(path) or '<top>'}: expected a plain value")
     loader = yaml.SafeLoader("")
     try:
         return loader.construct_object(node, deep=True)
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError) as err:  # a tag the safe loader refuses, !!int abc
+        problem = (getattr(err, "problem", None) or str(err) or type(err).__name__).splitlines()[0]
+        raise SuiteError(f"{file}:{node.start_mark.line + 1}: {_dotted(path) or '<top>'}: cannot read "
+                         f"{node.value!r} (tag {node.tag}): {problem}") from None
     finally:
         loader.dispose()
 
@@ -159,11 +182,14 @@ def _scalar(node: yaml.Node, file: str, path: tuple, loc: _Located) -> Any:
 def _read_yaml(path: Path, loc: _Located, base: tuple = ()) -> dict:
     file = str(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SuiteError(f"{file}:1: <file>: no such suite file") from None
     except OSError as err:
         raise SuiteError(f"{file}:1: <file>: cannot read: {err.strerror}") from None
+    except UnicodeDecodeError as err:
+        line = text_line_of(path.read_bytes(), err.start)
+        raise SuiteError(f"{file}:{line}: <file>: not UTF-8 text (byte {err.object[err.start]:#04x})") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as err:
@@ -176,7 +202,15 @@ def _read_yaml(path: Path, loc: _Located, base: tuple = ()) -> dict:
     if not isinstance(node, yaml.MappingNode):
         raise SuiteError(f"{file}:{node.start_mark.line + 1}: <top>: a suite is a mapping of keys, got a "
                          f"{type(node).__name__.replace('Node', '').lower()}")
-    return _node_to_python(node, file, base, loc)
+    try:
+        return _node_to_python(node, file, base, loc)
+    except RecursionError:
+        raise SuiteError(f"{file}:1: <yaml>: an alias refers to itself (a recursive structure)") from None
+
+
+def text_line_of(data: bytes, offset: int) -> int:
+    """The 1-based line of byte `offset` in `data`."""
+    return data[:offset].count(b"\n") + 1
 
 
 def _dotted(path: tuple) -> str:
@@ -231,7 +265,7 @@ def apply_override(data: dict, assignment: str, loc: _Located) -> None:
         raise SuiteError(f"{where}:1: {key}: empty segment in key path")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, TypeError, AttributeError):  # not YAML, or a tag it refuses: the text itself
         value = raw
     node: Any = data
     walked: list = []

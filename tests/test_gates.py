@@ -162,6 +162,14 @@ def test_invalid_tolerance_yaml_is_one_line_naming_file_and_place(setup):
                         "expected ',' or '}', but got '<stream end>' (line 4, column 1)")
 
 
+def test_a_binary_or_oddly_tagged_tolerance_file_is_one_line(setup):
+    path = setup / "base.tolerances.yaml"
+    path.write_bytes(b"\xff\xfe\x00gates")
+    assert _one_line_error(_run(setup, [0.81], [50.0])).endswith("base.tolerances.yaml: not a tolerance file (not UTF-8 text)")
+    path.write_text("gates:\n  - {metric: kid, better: lower, max_move: !!int abc}\n")
+    assert "base.tolerances.yaml: not valid YAML: invalid literal for int()" in _one_line_error(_run(setup, [0.81], [50.0]))
+
+
 def test_non_numeric_value_in_a_baseline_is_one_line(setup):
     base = pd.read_csv(setup / "base.csv")
     base["value"] = base["value"].astype(object)

@@ -16,7 +16,7 @@ LINE = re.compile(r"^error: (?P<file>[^\n:]+):(?P<line>\d+): (?P<key>\S+): (?P<m
 
 
 def _expectation(path: Path) -> tuple[int, str]:
-    first = path.read_text().splitlines()[:1]
+    first = path.read_bytes().decode("utf-8", "replace").splitlines()[:1]
     if not first:  # the empty file
         return 1, "<file>"
     m = re.match(r"# expect: (\d+) (\S+)", first[0])
@@ -206,3 +206,10 @@ def test_seeds_and_process_counts_have_upper_bounds(tmp_path):
             load_suite(p, [override])
     result = CliRunner().invoke(cli, ["run", str(p), "--nproc", "1000"])
     assert result.exit_code == 2 and "at most 64 generation processes" in result.output
+
+
+def test_yaml_merge_keys_work_in_suites(tmp_path):
+    p = _write(tmp_path, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\n"
+                                   "generation: {<<: {batch_size: 4, seeds: [1]}, seeds: [0]}\nsystems: [{name: noise}]\n")
+    generation = load_suite(p).generation
+    assert generation.batch_size == 4 and generation.seeds == (0,)  # the mapping's own key wins over the merged
