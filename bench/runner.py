@@ -229,8 +229,8 @@ class Runner:
                 if hasattr(system, "check_captions"):
                     system.check_captions([it.caption_id for it in items])
             self.prepare_sample_folders(builder, dataset)
-        except UserError:
-            if created:  # a run that stops on bad input leaves no folder behind
+        except Exception:  # bad input (UserError) or a failure while building: not an interrupt, which keeps its logs
+            if created:  # a run that stops before generating leaves no folder behind
                 shutil.rmtree(self.out, ignore_errors=True)
             raise
         atomic_write_bytes(self.out / "suite.resolved.json",

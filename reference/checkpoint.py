@@ -68,7 +68,15 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not weights.exists():
         raise FileNotFoundError(f"no weights at {weights}")
     model = (VQGAN if kind == "vqgan" else GPT)(cfg)
-    model.load_state_dict(load_file(str(weights), device=str(map_location)), strict=True)
+    try:
+        state = load_file(str(weights), device=str(map_location))
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a truncated or foreign file
+        raise ValueError(f"{weights}: not a readable safetensors file ({_first_line(err)})") from None
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise ValueError(f"{weights}: the weights do not fit the {kind} its config.json describes "
+                         f"({_first_line(err)}; {_load_mismatch(err)})") from None
     model.to(map_location)
     ts_path = Path(path) / "train_state.pt"
     state = None
@@ -80,6 +88,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
             raise ValueError(f"{ts_path}: not a training state this code wrote (refused by the restricted "
                              f"unpickler: {first})") from None
     return model, state, meta
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0]
+
+
+def _load_mismatch(err: RuntimeError) -> str:
+    """The first concrete problem in load_state_dict's message (a missing, unexpected or reshaped key)."""
+    lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
+    return lines[0][:200] if lines else "see the config"
 
 
 def save_vqgan(path, model, train_state=None, meta=None) -> Path:

@@ -25,6 +25,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import sys
 import time
@@ -265,7 +266,7 @@ def _create_with_weights(model_name: str, source: str, pretrained_tag: str | Non
     """open_clip's own loader: a state dict file by path, or a hub tag."""
     try:
         model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=source, device=device)
-    except (RuntimeError, OSError) as err:
+    except (RuntimeError, OSError, pickle.UnpicklingError, EOFError) as err:
         if pretrained_tag is None:
             raise ValueError(f"could not load {model_name!r} from {source}: {_first_line(err)}") from None
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")

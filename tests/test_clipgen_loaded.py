@@ -85,3 +85,29 @@ systems:
     assert made_with == {("clipgen", "clip"), ("clipgen", "clip-copy"),  # the same weights under another name
                          ("reranked", "clip"), ("reranked", "clip-copy"), ("reranked", "clip-eval"),  # re-ranked
                          ("random-caption", "clip"), ("random-caption", "clip-copy")}  # through what it wraps
+
+
+def test_a_damaged_checkpoint_is_one_line_and_leaves_no_run_folder(tmp_path):
+    import json
+
+    small = with_overrides(TINY.gpt, n_layer=1, n_embd=32, n_head=2, ffn_dim=64)
+    _run(tmp_path, small)  # writes the checkpoints
+    weights = tmp_path / "vqgan" / "model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[: len(good) // 2])  # a copy cut short
+    result, out = _run_again(tmp_path)
+    assert result.exit_code == 2 and "not a readable safetensors file" in result.output, result.output
+    assert result.output.count("\n") == 1 and not out.exists()
+    weights.write_bytes(good)
+    config = tmp_path / "gpt" / "config.json"
+    doc = json.loads(config.read_text())
+    doc["config"]["n_layer"] += 1  # a config that does not describe the weights beside it
+    config.write_text(json.dumps(doc))
+    result, out = _run_again(tmp_path)
+    assert result.exit_code == 2 and "do not fit the gpt its config.json describes" in result.output, result.output
+    assert result.output.count("\n") == 1 and not out.exists()
+
+
+def _run_again(tmp_path):
+    out = tmp_path / "again"
+    return CliRunner().invoke(cli, ["run", str(tmp_path / "loaded.yaml"), "--out", str(out), "--quiet"]), out

@@ -28,3 +28,14 @@ def test_missing_file_is_one_clear_line(tmp_path):
     (tmp_path / "m" / "m.json").unlink()
     with pytest.raises(UserError, match=r"^thing: expected m\.safetensors and m\.json at .*m$"):
         read_weights_dir(str(tmp_path / "m"), "m.safetensors", "m.json", "thing")
+
+
+def test_a_damaged_file_is_one_clear_line(tmp_path):
+    save_weights_dir(torch.nn.Linear(2, 2), str(tmp_path / "m"), "m.safetensors", "m.json", {})
+    (tmp_path / "m" / "m.json").write_text("{bad")
+    with pytest.raises(UserError, match=r"^thing: .*m\.json is not valid JSON"):
+        read_weights_dir(str(tmp_path / "m"), "m.safetensors", "m.json", "thing")
+    (tmp_path / "m" / "m.json").write_text("{}")
+    (tmp_path / "m" / "m.safetensors").write_bytes(b"\x00" * 5)
+    with pytest.raises(UserError, match=r"^thing: .*m\.safetensors is not a readable safetensors file"):
+        read_weights_dir(str(tmp_path / "m"), "m.safetensors", "m.json", "thing")

@@ -39,5 +39,11 @@ def read_weights_dir(path: str, weights_file: str, json_file: str, who: str) -> 
     weights, doc = (p / weights_file, p / json_file) if p.is_dir() else (p, p.with_name(json_file))
     if not weights.is_file() or not doc.is_file():
         raise UserError(f"{who}: expected {weights_file} and {json_file} at {p}")
-    meta = json.loads(doc.read_text())
-    return load_file(str(weights)), meta
+    try:
+        meta = json.loads(doc.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise UserError(f"{who}: {doc} is not valid JSON ({str(err).splitlines()[0]})") from None
+    try:
+        return load_file(str(weights)), meta
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a truncated or foreign file
+        raise UserError(f"{who}: {weights} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
