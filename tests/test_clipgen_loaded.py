@@ -111,3 +111,14 @@ def test_a_damaged_checkpoint_is_one_line_and_leaves_no_run_folder(tmp_path):
 def _run_again(tmp_path):
     out = tmp_path / "again"
     return CliRunner().invoke(cli, ["run", str(tmp_path / "loaded.yaml"), "--out", str(out), "--quiet"]), out
+
+
+def test_a_loaded_vqgan_for_another_resolution_stops_the_run_at_build(tmp_path):
+    small = with_overrides(TINY.gpt, n_layer=1, n_embd=32, n_head=2, ffn_dim=64)
+    _run(tmp_path, small)  # writes the checkpoints and the suite
+    suite = tmp_path / "loaded.yaml"
+    res = TINY.vqgan.resolution
+    suite.write_text(suite.read_text().replace(f"resolution: {res}", f"resolution: {res * 2}"))
+    result, out = _run_again(tmp_path)
+    assert result.exit_code == 2 and f"works at {res} px, the dataset at {res * 2} px" in result.output, result.output
+    assert not out.exists()

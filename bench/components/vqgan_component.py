@@ -39,7 +39,12 @@ def build_vqgan(spec: ComponentSpec, ctx: BuildContext):
     from reference.train import train_vqgan
 
     if spec.path is not None:
-        return _load(spec.path, ctx.device)
+        model = _load(spec.path, ctx.device)
+        if model.cfg.resolution != ctx.dataset.resolution:  # its systems would make images of another size
+            raise UserError(f"components.{spec.name}: the VQGAN at {spec.path} works at {model.cfg.resolution} px, "
+                            f"the dataset at {ctx.dataset.resolution} px: set dataset.resolution: "
+                            f"{model.cfg.resolution} or load a VQGAN for {ctx.dataset.resolution} px")
+        return model
     args: VQGANTrainArgs = spec.train
     cfg = get_preset(args.preset).vqgan
     problem = _check_dataset(args, ctx.dataset)  # `bench validate` asked already; a Builder used directly may not
