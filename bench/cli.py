@@ -244,22 +244,18 @@ def report(run_dir, want_latex, paper) -> None:
     if paper:
         from bench.paper import paper_table
 
-        md, tex = paper_table(df, per_caption), paper_table(df, per_caption, latex=True)
-        atomic_write_text(run_dir / "paper.md", md + "\n")
-        atomic_write_text(run_dir / "paper.tex", tex + "\n")
-        click.echo(md)
-        if want_latex:
-            click.echo("\n" + tex)
-        click.echo(f"\nwrote {run_dir / 'paper.md'} and {run_dir / 'paper.tex'}")
-        return
-    md = markdown(df, per_caption)
-    tex = latex(df, per_caption)
-    atomic_write_text(run_dir / "results.md", md + "\n")
-    atomic_write_text(run_dir / "results.tex", tex)
-    click.echo(md)
+        md, tex, stem = paper_table(df, per_caption), paper_table(df, per_caption, latex=True) + "\n", "paper"
+    else:
+        md, tex, stem = markdown(df, per_caption), latex(df, per_caption), "results"
+    click.echo(md)  # the tables first: a run folder that cannot be written to still shows them
     if want_latex:
         click.echo("\n" + tex)
-    click.echo(f"\nwrote {run_dir / 'results.md'} and {run_dir / 'results.tex'}")
+    try:
+        atomic_write_text(run_dir / f"{stem}.md", md + "\n")
+        atomic_write_text(run_dir / f"{stem}.tex", tex)
+    except OSError as err:
+        fail(f"printed, but cannot write {stem}.md / {stem}.tex into {run_dir}: {err.strerror}")
+    click.echo(f"\nwrote {run_dir / (stem + '.md')} and {run_dir / (stem + '.tex')}")
 
 
 @cli.command()

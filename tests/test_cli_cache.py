@@ -298,3 +298,18 @@ def test_created_is_when_the_artefact_was_written_even_after_a_copy(tmp_path):
 
     assert cells[folder.name][4] == day(0) and cells[folder.name][6] == day(2)  # CREATED, LAST USED dates
     assert cells["0" * 20][4] == day(50) and cells["0" * 20][6] == day(1)
+
+
+def test_reference_statistics_are_computed_when_the_cache_cannot_keep_them(tmp_path, monkeypatch, capsys):
+    import errno
+
+    import bench.metrics.stats
+
+    def read_only(path, data):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(bench.metrics.stats, "atomic_write_bytes", read_only)
+    reference = torch.randint(0, 256, (6, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    stats, cached = reference_stats(make_ctx(TensorDataset(reference), str(tmp_path)), MeanColour(), 0, 4)
+    assert cached is False and stats.n == 6
+    assert "cannot keep the reference statistics" in capsys.readouterr().err

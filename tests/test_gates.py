@@ -226,3 +226,19 @@ def test_report_reads_the_csv_when_a_parquet_is_there_too(setup, monkeypatch, ca
     assert code == 0 and "| 0.250 " in out and "0.81" not in out, out
     (run / "results.csv").unlink()  # only the parquet: that one
     assert list(read_frame(run)["value"]) == [0.81]
+
+
+def test_report_on_a_run_folder_it_cannot_write_still_prints_the_table(setup, monkeypatch, capsys):
+    import errno
+
+    import bench.cache
+
+    _rows({("g", "attribute-accuracy", "seen/all"): [0.81]}).to_csv(setup / "run" / "results.csv", index=False)
+
+    def read_only(path, text):
+        raise OSError(errno.EROFS, "Read-only file system")
+
+    monkeypatch.setattr(bench.cache, "atomic_write_text", read_only)
+    code, out = _report(setup / "run", monkeypatch, capsys)
+    assert code == 2 and "| g       | 0.810" in out  # the table came out
+    assert out.rstrip().splitlines()[-1] == f"error: printed, but cannot write results.md / results.tex into {setup / 'run'}: Read-only file system"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -151,7 +152,11 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
     buf = io.BytesIO()
     np.savez(buf, features=stats.features, mu=stats.mu, sigma=stats.sigma,
              key=np.array(json.dumps(key, sort_keys=True, default=str)))
-    atomic_write_bytes(path, buf.getvalue())  # a reader sees the old file or the whole new one
+    try:
+        atomic_write_bytes(path, buf.getvalue())  # a reader sees the old file or the whole new one
+    except OSError as err:  # a read-only or full cache: the numbers stand, the next run computes them again
+        print(f"[stats] cannot keep the reference statistics in {path.parent}: {err.strerror}; computed, not "
+              f"cached", file=sys.stderr, flush=True)
     return stats, False
 
 
