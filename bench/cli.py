@@ -332,10 +332,22 @@ def info() -> None:
     click.echo(f"BENCH_CACHE={cache_dir()}")
 
 
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (`kill`, `timeout`, a cancelled CI job) stops a run as Ctrl-C does: the cleanup that stops build
+    workers and generation shards and removes unfinished cache folders runs, instead of leaving them running."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def main() -> None:
     from bench.api import UserError
 
     ensure_process_env()
+    _interrupt_on_sigterm()
     from bench.cli_cache import cache
     from bench.cli_convert import convert
     from bench.cli_data import data

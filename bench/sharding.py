@@ -11,6 +11,7 @@ torch.set_num_threads. Components are built (trained into the cache) once, befor
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -46,11 +47,15 @@ def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_
     logs = [runner.out / "shard-logs" / f"shard{r}of{nproc}.log" for r in range(nproc)]
     logs[0].parent.mkdir(parents=True, exist_ok=True)
     procs = []
-    for r, log in enumerate(logs):
-        with open(log, "wb") as fh:
-            procs.append(subprocess.Popen(base + ["--shard", f"{r}/{nproc}"], stdout=fh, stderr=subprocess.STDOUT,
-                                          stdin=subprocess.DEVNULL))
-    codes = _wait_showing_progress(procs, runner, items, progress)
+    try:
+        for r, log in enumerate(logs):
+            with open(log, "wb") as fh:
+                procs.append(subprocess.Popen(base + ["--shard", f"{r}/{nproc}"], stdout=fh, stderr=subprocess.STDOUT,
+                                              stdin=subprocess.DEVNULL))
+        codes = _wait_showing_progress(procs, runner, items, progress)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed here: no shard outlives the run
+        _stop(procs)
+        raise
     failed = [r for r, c in enumerate(codes) if c != 0]
     if failed:  # one shard's error says it all (they run the same code on the same suite)
         raise child_failure(logs[failed[0]], codes[failed[0]], f"generation shard {failed[0]}/{nproc}")
@@ -84,6 +89,19 @@ def _wait_showing_progress(procs: list[subprocess.Popen], runner: Runner, items,
     finally:
         bar.close()
     return [p.wait() for p in procs]
+
+
+def _stop(procs: list[subprocess.Popen]) -> None:
+    """Interrupt the shards still running (each keeps the samples it wrote) and wait for them; kill the stuck."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
 
 
 def torchrun_world() -> int:

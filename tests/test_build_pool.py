@@ -3,6 +3,7 @@ thread count, byte for byte; the cache key names the thread count; failures surf
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -245,3 +246,41 @@ def test_items_that_share_an_artefact_train_it_in_one_worker(suite_file, tmp_pat
     assert len(list((tmp_path / "cache" / "clipgen-gpt").iterdir())) == 1
     gpts = [{e for e in builder.made_of(("system", alias)) if e.startswith("clipgen-gpt/")} for alias in ("lf", "lf-top5")]
     assert len(gpts[0]) == 1 and gpts[0] == gpts[1]  # both built on that one GPT
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    """Pids of the live processes whose command line contains `text`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                state = next(line for line in (entry / "status").read_text().splitlines() if line.startswith("State:"))
+            except (OSError, StopIteration):
+                continue
+            if text in cmdline and "zombie" not in state:
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_sigterm_stops_the_build_workers_with_the_run(tmp_path):
+    """`kill PID` / `timeout` / a cancelled CI job: the workers stop with the run instead of training on, orphaned."""
+    suite = tmp_path / "slow.yaml"
+    suite.write_text(SUITE.replace("train: {preset: tiny, steps: 3, batch_size: 32}",  # the clip: the first to train
+                                   "train: {preset: tiny, steps: 100000, batch_size: 32}"))
+    run = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--out", str(tmp_path / "run"),
+                            "--quiet", "--build-workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           env={**os.environ, "BENCH_CACHE": str(tmp_path / "cache")})
+    clip_worker = f"build-item {suite} --device cpu --threads 1 --item component:clip"
+    deadline = time.time() + 300
+    while not _processes_mentioning(clip_worker) and time.time() < deadline and run.poll() is None:
+        time.sleep(0.5)
+    assert _processes_mentioning(clip_worker), "the clip's build worker did not start"
+    run.terminate()  # SIGTERM to the run only, not to its process group
+    run.wait(timeout=60)
+    deadline = time.time() + 30
+    while _processes_mentioning(clip_worker) and time.time() < deadline:
+        time.sleep(0.5)
+    assert not _processes_mentioning(clip_worker), "the worker trains on after its run was terminated"
+    assert not [p for p in (tmp_path / "cache").rglob(".*") if p.is_dir()], "a worker left an unfinished cache folder"
