@@ -43,6 +43,7 @@ def fail(message: str) -> None:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="clipgen-bench", prog_name="bench")
 def cli() -> None:
     """clipgen-bench: train or load CLIP-GEN and baselines, generate, and measure."""
 
@@ -53,7 +54,8 @@ def cli() -> None:
 @click.option("--limit", type=click.IntRange(min=1), default=None, help="only the first N eval captions")
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default=None,
               help="run folder (default runs/<suite>/); rerunning resumes there")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True,
+              help="where to train, generate and measure (cuda: the current GPU)")
 @click.option("--fresh", is_flag=True, help="delete the run folder first instead of resuming")
 @click.option("--quiet", is_flag=True, help="no progress bars")
 @click.option("--nproc", type=click.IntRange(min=1), default=None,
@@ -127,7 +129,8 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
 
 @cli.command()
 @click.argument("suite_paths", nargs=-1, required=True, metavar="SUITE...")
-@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE")
+@click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE",
+              help="override any suite key (repeatable), as bench run takes it")
 def validate(suite_paths, overrides) -> None:
     """Check SUITE files' schema and names (needs no data and no weights)."""
     from bench.api import UserError

@@ -76,8 +76,10 @@ def ls_(kind) -> None:
 def prune(days, everything, incomplete, kind, dry_run, yes) -> None:
     """Remove the entries selected by --unused-for, --all or --incomplete; print them and the space freed."""
     try:
-        if days is not None and days < 0:
-            raise UserError(f"--unused-for wants days >= 0, got {days:g}")
+        if days is not None and not 0 <= days < float("inf"):  # NaN fails this too
+            raise UserError(f"--unused-for wants a number of days >= 0, got {days:g}")
+        if days is not None and everything:
+            raise UserError("--all and --unused-for select differently: give one of them")
         if days is None and not everything and not incomplete:
             raise UserError("say what to prune: --unused-for DAYS, --all or --incomplete")
         root, entries = _scan(kind)

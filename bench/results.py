@@ -195,10 +195,14 @@ def load_per_caption(run_dir: Path) -> dict[tuple[str, str], dict[int, dict[int,
     if not root.exists():
         return out
     for path in sorted(root.glob("*/seed*.json")):
-        system, seed = path.parent.name, int(path.stem[4:])
-        for cid, values in json.loads(path.read_text()).items():
-            for key, v in values.items():
-                out.setdefault((system, key), {}).setdefault(seed, {})[int(cid)] = float(v)
+        try:
+            system, seed = path.parent.name, int(path.stem[4:])
+            for cid, values in json.loads(path.read_text()).items():
+                for key, v in values.items():
+                    out.setdefault((system, key), {}).setdefault(seed, {})[int(cid)] = float(v)
+        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as err:
+            raise UserError(f"{path}: not a per-caption file bench wrote ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
+                            "delete it and run the suite again to rewrite it") from None
     return out
 
 

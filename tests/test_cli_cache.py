@@ -188,7 +188,9 @@ def test_prune_without_yes_on_a_non_terminal_refuses_and_removes_nothing(filled)
 
 @pytest.mark.parametrize("args, needle", [
     (["prune", "--kind", "clip"], "--unused-for DAYS, --all or --incomplete"),
-    (["prune", "--unused-for", "-1", "--yes"], "--unused-for wants days >= 0, got -1"),
+    (["prune", "--unused-for", "-1", "--yes"], "--unused-for wants a number of days >= 0, got -1"),
+    (["prune", "--unused-for", "nan", "--yes"], "--unused-for wants a number of days >= 0, got nan"),
+    (["prune", "--all", "--unused-for", "3", "--yes"], "--all and --unused-for select differently"),
     (["prune", "--all", "--kind", "gpt", "--yes"], "no kind 'gpt'"),
     (["ls", "--kind", "gpt"], "kinds present: clip, stats, vqgan"),
 ])

@@ -242,3 +242,12 @@ def test_report_on_a_run_folder_it_cannot_write_still_prints_the_table(setup, mo
     code, out = _report(setup / "run", monkeypatch, capsys)
     assert code == 2 and "| g       | 0.810" in out  # the table came out
     assert out.rstrip().splitlines()[-1] == f"error: printed, but cannot write results.md / results.tex into {setup / 'run'}: Read-only file system"
+
+
+def test_report_with_a_damaged_per_caption_file_is_one_line(setup, monkeypatch, capsys):
+    run = setup / "run"
+    _rows({("g", "attribute-accuracy", "seen/all"): [0.81]}).to_csv(run / "results.csv", index=False)
+    (run / "per_caption" / "g").mkdir(parents=True)
+    (run / "per_caption" / "g" / "seed0.json").write_text('{"3": {"clip-score": "high"}}')
+    code, out = _report(run, monkeypatch, capsys)
+    assert code == 2 and out.strip().count("\n") == 0 and "seed0.json: not a per-caption file bench wrote" in out, out
