@@ -539,6 +539,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     # references between sections: components by kind, systems by alias
     for i, s in enumerate(systems):
         _check_refs(c, s.args, ("systems", i, "args"), components, aliases - {s.alias})
+    _check_system_cycles(c, systems)
     for i, m in enumerate(metrics):
         _check_refs(c, m.args, ("metrics", i, "args"), components, aliases)
     for name, comp in components.items():
@@ -618,6 +619,23 @@ def references(args: Any, path: tuple = ()) -> Iterator[tuple[tuple, str, str, A
             yield path + (f.name,), "component", f.metadata["component"], value
         elif value is not None and f.metadata.get("system"):
             yield path + (f.name,), "system", "", value
+
+
+def _check_system_cycles(c: _Checker, systems: list) -> None:
+    """Systems that wrap each other in a ring (`a` of `b`, `b` of `a`) could never be built: name the ring."""
+    wraps = {s.alias: [(where, value) for where, what, _, value in references(s.args) if what == "system"]
+             for s in systems}
+    index = {s.alias: i for i, s in enumerate(systems)}
+    for start in wraps:
+        trail, alias = [start], start
+        while wraps.get(alias):
+            where, alias = wraps[alias][0]
+            if alias == start:
+                c.fail(("systems", index[trail[-1]], "args", *where),
+                       f"systems wrap each other in a ring: {' -> '.join(trail + [start])}")
+            if alias in trail:
+                break  # a ring that does not pass through `start`: reported from one of its own members
+            trail.append(alias)
 
 
 def _check_refs(c: _Checker, args: Any, path: tuple, components: dict[str, ComponentSpec], aliases: set[str]) -> None:

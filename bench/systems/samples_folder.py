@@ -34,14 +34,15 @@ class SamplesFolderArgs:
     uses_captions: bool = field(default=True, metadata={"help": "whether the model that made them was trained on "
                                                                 "captions (true unless known otherwise)"})
 
+    def __post_init__(self) -> None:
+        if not self.path:
+            raise UserError("samples-folder needs path: a folder of <caption_id>.png images")
+
 
 def missing_resources(args: SamplesFolderArgs) -> list[str]:
     """Paths that must exist before a run, each with what fixes it (the runner checks that `path` exists, as it
     does every path argument, naming the system)."""
     missing = []
-    if not args.path:
-        missing.append("samples-folder: folder (path not set); set systems[].args.path to a folder of "
-                       "<caption_id>.png images")
     if args.mapping is not None and not _mapping_path(args).is_file():
         missing.append(f"samples-folder: mapping file {_mapping_path(args)} not found (JSON or CSV caption_id,file)")
     return missing
