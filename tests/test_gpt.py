@@ -39,9 +39,12 @@ def test_block_equals_torch_transformer_encoder_layer():
     torch.manual_seed(0)
     cfg = small_cfg()
     model = GPT(cfg).eval()
+    with torch.no_grad():  # every parameter away from its init (norms at 1 and biases at 0 would hide swaps)
+        for p in model.blocks[0].encoder.parameters():
+            p.add_(0.1 * torch.randn_like(p))
     ref = nn.TransformerEncoderLayer(cfg.n_embd, cfg.n_head, cfg.ffn_dim, dropout=0.0, activation=F.gelu,
                                      batch_first=True, norm_first=True).eval()
-    ref.load_state_dict(model.blocks[0].encoder.state_dict(), strict=False)
+    ref.load_state_dict(model.blocks[0].encoder.state_dict(), strict=True)
     x = torch.randn(3, 10, cfg.n_embd)
     mask = torch.ones(10, 10, dtype=torch.bool).triu(1)  # True = masked (HFAiLab's blocks.N.mask)
     want = ref(x, src_mask=mask)
