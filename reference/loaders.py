@@ -562,6 +562,11 @@ def load_pretrained(kind: str, path: str | os.PathLike, device: str | torch.devi
         raise FileNotFoundError(f"checkpoint not found: {spec}")
     obj = None
     if kind == "auto":
+        from reference.clip import is_torchscript_archive
+
+        if not os.path.isdir(spec) and is_torchscript_archive(spec):
+            raise ValueError(f"{spec} is a TorchScript archive (OpenAI's CLIP release format): load it as a clip "
+                             f"component with its open_clip model name, e.g. path: ViT-B-32-quickgelu@{spec}")
         if not os.path.isdir(spec):
             obj = safe_torch_load(spec)
         kind = detect_kind(spec, obj)

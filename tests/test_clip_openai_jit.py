@@ -139,6 +139,17 @@ def test_an_unrelated_torchscript_archive_gives_one_clear_error(archs, tmp_path)
     assert str(path) in message and "weight" in message and "\n" not in message
 
 
+def test_auto_detection_points_a_torchscript_archive_to_the_clip_spec(tmp_path):
+    from reference.loaders import load_pretrained
+
+    path = tmp_path / "ViT-B-32.pt"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        torch.jit.script(torch.nn.Linear(4, 2)).save(str(path))
+    with pytest.raises(ValueError, match=r"TorchScript archive .* ViT-B-32-quickgelu@"):
+        load_pretrained("auto", path)
+
+
 def test_a_model_name_that_does_not_fit_the_archive_is_refused(archs, tmp_path):
     """A ViT archive named as a ResNet: the message says what the file holds and which names fit it."""
     path = tmp_path / "vit.pt"
