@@ -131,8 +131,7 @@ def prebuild(builder: Builder, workers: int, log_dir: Path, progress: bool) -> N
     shown = ""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "BENCH_CACHE": str(builder.cache_dir),
            "TQDM_MININTERVAL": "1"}
-    base = [sys.executable, "-m", "bench", "build-item", suite.path, "--device", builder.device,
-            "--threads", str(threads)]
+    base = [sys.executable, "-m", "bench", "build-item", "--device", builder.device, "--threads", str(threads)]
     for assignment in suite.overrides:
         base += ["--set", assignment]
     try:
@@ -149,7 +148,7 @@ def prebuild(builder: Builder, workers: int, log_dir: Path, progress: bool) -> N
                     in_training = wanted in running or any(w.artefact == need.artefact for w in running.values())
                     if not in_training and len(running) < workers:  # else: load it once its worker is done
                         log = log_dir / f"{wanted[0]}-{wanted[1]}.log"
-                        running[wanted] = _Worker(wanted, need.artefact, base + ["--item", f"{wanted[0]}:{wanted[1]}"],
+                        running[wanted] = _Worker(wanted, need.artefact, base + ["--item", f"{wanted[0]}:{wanted[1]}", "--", suite.path],
                                                   env, log)
                         if progress:
                             bar.write(f"[build] training {wanted[0]} {wanted[1]!r} in a worker "

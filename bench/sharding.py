@@ -38,7 +38,7 @@ def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_
     runner = Runner(suite, out_dir=out_dir, device=device, limit=limit, fresh=fresh, progress=progress,
                     build_workers=build_workers)
     builder, dataset, items, systems = runner.prepare()  # trains and caches every component first
-    base = [sys.executable, "-m", "bench", "run", str(suite_path), "--out", str(runner.out), "--device", device,
+    base = [sys.executable, "-m", "bench", "run", "--out", str(runner.out), "--device", device,
             "--quiet", "--build-workers", str(runner.build_workers)]  # the same cache keys: all is loaded
     for assignment in overrides:
         base += ["--set", assignment]
@@ -50,8 +50,8 @@ def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_
     try:
         for r, log in enumerate(logs):
             with open(log, "wb") as fh:
-                procs.append(subprocess.Popen(base + ["--shard", f"{r}/{nproc}"], stdout=fh, stderr=subprocess.STDOUT,
-                                              stdin=subprocess.DEVNULL))
+                cmd = base + ["--shard", f"{r}/{nproc}", "--", str(suite_path)]  # '--': a suite named '-x.yaml'
+                procs.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
         codes = _wait_showing_progress(procs, runner, items, progress)
     except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed here: no shard outlives the run
         _stop(procs)

@@ -265,7 +265,12 @@ def apply_override(data: dict, assignment: str, loc: _Located) -> None:
         raise SuiteError(f"{where}:1: {key}: empty segment in key path")
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
-    except (yaml.YAMLError, ValueError, TypeError, AttributeError):  # not YAML, or a tag it refuses: the text itself
+    except yaml.YAMLError as err:
+        if raw.strip()[:1] in ("[", "{"):  # meant as a list or mapping: say what is wrong with it
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise SuiteError(f"{where}:1: {key}: {raw!r} is not a valid YAML list or mapping: {problem}") from None
+        value = raw  # not YAML: the text itself
+    except (ValueError, TypeError, AttributeError):  # a tag the safe loader refuses (!!int abc): the text itself
         value = raw
     node: Any = data
     walked: list = []

@@ -272,7 +272,7 @@ def test_sigterm_stops_the_build_workers_with_the_run(tmp_path):
     run = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--out", str(tmp_path / "run"),
                             "--quiet", "--build-workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                            env={**os.environ, "BENCH_CACHE": str(tmp_path / "cache")})
-    clip_worker = f"build-item {suite} --device cpu --threads 1 --item component:clip"
+    clip_worker = f"--item component:clip -- {suite}"
     deadline = time.time() + 300
     while not _processes_mentioning(clip_worker) and time.time() < deadline and run.poll() is None:
         time.sleep(0.5)

@@ -218,3 +218,12 @@ def test_flags_that_do_not_combine_with_shard_and_a_stray_world_size_are_one_lin
     result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(out)])
     assert result.exit_code == 2 and "torchrun" in result.output and result.output.count("\n") == 1
     assert not out.exists()
+
+
+def test_a_suite_file_named_like_an_option_runs_sharded(tmp_path, monkeypatch):
+    """The shards' (and build workers') command lines put the suite path after '--'."""
+    (tmp_path / "-dash.yaml").write_text(TINY)
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(cli, ["run", "--nproc", "2", "--out", "run", "--quiet", "--", "-dash.yaml"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "run" / "results.csv").is_file()

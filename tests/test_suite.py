@@ -213,3 +213,9 @@ def test_yaml_merge_keys_work_in_suites(tmp_path):
                                    "generation: {<<: {batch_size: 4, seeds: [1]}, seeds: [0]}\nsystems: [{name: noise}]\n")
     generation = load_suite(p).generation
     assert generation.batch_size == 4 and generation.seeds == (0,)  # the mapping's own key wins over the merged
+
+
+def test_a_broken_list_in_set_says_what_is_wrong_with_it(tmp_path):
+    p = _write(tmp_path, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\nsystems: [{name: noise}]\n")
+    with pytest.raises(SuiteError, match=r"generation.seeds: '\[0,1' is not a valid YAML list or mapping: expected"):
+        load_suite(p, ["generation.seeds=[0,1"])
