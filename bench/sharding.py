@@ -17,7 +17,7 @@ import sys
 import time
 
 from bench.api import UserError
-from bench.build_pool import child_failure
+from bench.build_pool import child_failure, stop_with_parent
 from bench.runner import Runner
 from reference.progress import progress_bar
 
@@ -51,7 +51,8 @@ def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_
         for r, log in enumerate(logs):
             with open(log, "wb") as fh:
                 cmd = base + ["--shard", f"{r}/{nproc}", "--", str(suite_path)]  # '--': a suite named '-x.yaml'
-                procs.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+                procs.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                              preexec_fn=stop_with_parent))
         codes = _wait_showing_progress(procs, runner, items, progress)
     except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed here: no shard outlives the run
         _stop(procs)

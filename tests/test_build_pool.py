@@ -263,9 +263,11 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
-@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
-def test_sigterm_stops_the_build_workers_with_the_run(tmp_path):
-    """`kill PID` / `timeout` / a cancelled CI job: the workers stop with the run instead of training on, orphaned."""
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc (Linux)")
+@pytest.mark.parametrize("how", ["terminate", "kill"])
+def test_the_build_workers_stop_with_the_run(tmp_path, how):
+    """`kill PID` / `timeout` / a cancelled CI job (SIGTERM: the run stops them), or a run killed outright (SIGKILL,
+    an OOM kill: the kernel signals them): the workers stop instead of training on, orphaned."""
     suite = tmp_path / "slow.yaml"
     suite.write_text(SUITE.replace("train: {preset: tiny, steps: 3, batch_size: 32}",  # the clip: the first to train
                                    "train: {preset: tiny, steps: 100000, batch_size: 32}"))
@@ -277,7 +279,7 @@ def test_sigterm_stops_the_build_workers_with_the_run(tmp_path):
     while not _processes_mentioning(clip_worker) and time.time() < deadline and run.poll() is None:
         time.sleep(0.5)
     assert _processes_mentioning(clip_worker), "the clip's build worker did not start"
-    run.terminate()  # SIGTERM to the run only, not to its process group
+    getattr(run, how)()  # SIGTERM or SIGKILL to the run only, not to its process group
     run.wait(timeout=60)
     deadline = time.time() + 30
     while _processes_mentioning(clip_worker) and time.time() < deadline:
