@@ -9,6 +9,8 @@ import sys
 
 import click
 
+from reference.errors import first_line
+
 KIND_CHOICES = ("hfailab-vqgan", "hfailab-gpt", "taming-vqgan", "auto")
 
 
@@ -45,7 +47,7 @@ def convert(kind, src, dst, overrides, keep_discriminator) -> None:
                 extra["keep_discriminator"] = True
             out = convert_checkpoint(kind, src, dst, **extra)
         except (ValueError, FileNotFoundError) as err:
-            raise UserError(str(err).splitlines()[0] if str(err) else type(err).__name__) from None
+            raise UserError(first_line(err)) from None
     except UserError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)

@@ -23,6 +23,7 @@ import yaml
 
 from bench.api import UserError
 from bench.results import read_results_csv
+from reference.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def load_gates(path: Path) -> list[Gate]:
     except UnicodeDecodeError:
         raise UserError(f"{path}: not a tolerance file (not UTF-8 text)") from None
     except (ValueError, TypeError, AttributeError) as err:  # a tag the safe loader cannot build (!!int abc)
-        raise UserError(f"{path}: not valid YAML: {(str(err) or type(err).__name__).splitlines()[0]}") from None
+        raise UserError(f"{path}: not valid YAML: {first_line(err)}") from None
     if not isinstance(data, dict) or not isinstance(data.get("gates"), list) or not data["gates"]:
         raise UserError(f"{path}: expected a mapping with a non-empty list under gates:")
     gates = []
@@ -78,7 +79,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
     problem = getattr(err, "problem", None)
     if problem is None:
-        return (str(err).strip().splitlines() or [type(err).__name__])[0]
+        return first_line(err)
     context = getattr(err, "context", None)
     lead = f"{context}{where(getattr(err, 'context_mark', None))}: " if context else ""
     return lead + problem + where(getattr(err, "problem_mark", None))

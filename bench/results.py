@@ -23,6 +23,7 @@ import bench
 from bench.api import UserError
 from bench.cache import atomic_write_bytes, atomic_write_text, library_versions
 from bench.suite import args_dict
+from reference.errors import first_line
 
 COLUMNS = ["suite", "suite_version", "system", "system_name", "uses_captions", "metric", "variant", "value", "n",
            "seed", "source", "citation", "args_hash", "git_sha", "versions", "device", "timestamp", "extra"]
@@ -201,8 +202,8 @@ def load_per_caption(run_dir: Path) -> dict[tuple[str, str], dict[int, dict[int,
                 for key, v in values.items():
                     out.setdefault((system, key), {}).setdefault(seed, {})[int(cid)] = float(v)
         except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as err:
-            raise UserError(f"{path}: not a per-caption file bench wrote ({str(err).splitlines()[0] if str(err) else type(err).__name__}); "
-                            "delete it and run the suite again to rewrite it") from None
+            raise UserError(f"{path}: not a per-caption file bench wrote ({first_line(err)}); delete it and run the "
+                            "suite again to rewrite it") from None
     return out
 
 

@@ -25,6 +25,7 @@ import yaml
 
 from bench.api import ComponentSpec, UserError
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS, Registry
+from reference.errors import first_line
 
 
 class SuiteError(UserError):
@@ -39,11 +40,13 @@ MAX_PROCESSES = 64  # generation processes: a typo of 1000 would start 1000 torc
 @dataclass(frozen=True)
 class GenerationSpec:
     batch_size: int = field(default=64, metadata={"min": 1, "help": "captions per generate() call"})
-    seeds: tuple[int, ...] = field(default=(0,), metadata={"min": 0, "max": MAX_SEED, "help": "one full generation pass per seed"})
+    seeds: tuple[int, ...] = field(default=(0,), metadata={"min": 0, "max": MAX_SEED,
+                                                           "help": "one full generation pass per seed"})
     threads: int | None = field(default=None, metadata={"min": 1, "help": "torch threads (default: all cores)"})
     warmup: bool = field(default=True, metadata={"help": "one untimed generate() before timing"})
-    processes: int = field(default=1, metadata={"min": 1, "max": MAX_PROCESSES, "help": "generate in N processes of cores/N threads "
-                                                              "(captions sharded, the same samples; --nproc wins)"})
+    processes: int = field(default=1, metadata={"min": 1, "max": MAX_PROCESSES,
+                                                "help": "generate in N processes of cores/N threads (captions "
+                                                        "sharded, the same samples; --nproc wins)"})
 
 
 @dataclass(frozen=True)
@@ -172,7 +175,7 @@ def _scalar(node: yaml.Node, file: str, path: tuple, loc: _Located) -> Any:
     try:
         return loader.construct_object(node, deep=True)
     except (yaml.YAMLError, ValueError, TypeError, AttributeError) as err:  # a tag the safe loader refuses, !!int abc
-        problem = (getattr(err, "problem", None) or str(err) or type(err).__name__).splitlines()[0]
+        problem = getattr(err, "problem", None) or first_line(err)
         raise SuiteError(f"{file}:{node.start_mark.line + 1}: {_dotted(path) or '<top>'}: cannot read "
                          f"{node.value!r} (tag {node.tag}): {problem}") from None
     finally:
@@ -187,8 +190,8 @@ def _read_yaml(path: Path, loc: _Located, base: tuple = ()) -> dict:
         raise SuiteError(f"{file}:1: <file>: no such suite file") from None
     except OSError as err:
         raise SuiteError(f"{file}:1: <file>: cannot read: {err.strerror}") from None
-    except UnicodeDecodeError as err:
-        line = text_line_of(path.read_bytes(), err.start)
+    except UnicodeDecodeError as err:  # err.object: the file's bytes
+        line = err.object[:err.start].count(b"\n") + 1
         raise SuiteError(f"{file}:{line}: <file>: not UTF-8 text (byte {err.object[err.start]:#04x})") from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -206,11 +209,6 @@ def _read_yaml(path: Path, loc: _Located, base: tuple = ()) -> dict:
         return _node_to_python(node, file, base, loc)
     except RecursionError:
         raise SuiteError(f"{file}:1: <yaml>: an alias refers to itself (a recursive structure)") from None
-
-
-def text_line_of(data: bytes, offset: int) -> int:
-    """The 1-based line of byte `offset` in `data`."""
-    return data[:offset].count(b"\n") + 1
 
 
 def _dotted(path: tuple) -> str:

@@ -17,6 +17,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from reference.configs import GPTConfig, VQGANConfig, config_from_dict, config_to_dict
+from reference.errors import first_line
 
 KINDS = {"vqgan": VQGANConfig, "gpt": GPTConfig}
 
@@ -71,12 +72,12 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         state = load_file(str(weights), device=str(map_location))
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a truncated or foreign file
-        raise ValueError(f"{weights}: not a readable safetensors file ({_first_line(err)})") from None
+        raise ValueError(f"{weights}: not a readable safetensors file ({first_line(err)})") from None
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
         raise ValueError(f"{weights}: the weights do not fit the {kind} its config.json describes "
-                         f"({_first_line(err)}; {_load_mismatch(err)})") from None
+                         f"({first_line(err)}; {_load_mismatch(err)})") from None
     model.to(map_location)
     ts_path = Path(path) / "train_state.pt"
     state = None
@@ -84,14 +85,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         try:
             state = torch.load(ts_path, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as err:
-            first = (str(err).strip().splitlines() or ["unreadable"])[0]
             raise ValueError(f"{ts_path}: not a training state this code wrote (refused by the restricted "
-                             f"unpickler: {first})") from None
+                             f"unpickler: {first_line(err)})") from None
     return model, state, meta
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 def _load_mismatch(err: RuntimeError) -> str:

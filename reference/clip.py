@@ -42,6 +42,8 @@ import torchvision.transforms.functional as TF
 from open_clip.transform import PreprocessCfg
 from torch import Tensor
 
+from reference.errors import first_line
+
 CONFIG_FILE = "open_clip_config.json"  # names open_clip's "local-dir:" loader looks for
 WEIGHTS_FILE = "open_clip_model.safetensors"
 FORMAT_VERSION = 1
@@ -268,17 +270,13 @@ def _create_with_weights(model_name: str, source: str, pretrained_tag: str | Non
         model, _, _ = open_clip.create_model_and_transforms(model_name, pretrained=source, device=device)
     except (RuntimeError, OSError, pickle.UnpicklingError, EOFError) as err:
         if pretrained_tag is None:
-            raise ValueError(f"could not load {model_name!r} from {source}: {_first_line(err)}") from None
+            raise ValueError(f"could not load {model_name!r} from {source}: {first_line(err)}") from None
         offline = os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0")
         why = "the hub is switched off (HF_HUB_OFFLINE=1)" if offline else "the hub is unreachable"
         raise ValueError(f"cannot fetch open_clip weights {model_name}/{pretrained_tag}: {why}; download the "
                          f"weights file elsewhere and load it by path instead (weights_path=/path/to/file.pt or "
                          f".safetensors; in a suite: path: '{model_name}@/abs/path/to/file.pt')") from None
     return model
-
-
-def _first_line(err: BaseException) -> str:
-    return (str(err).strip().splitlines() or [type(err).__name__])[0]
 
 
 # -- OpenAI's TorchScript release archives
@@ -313,7 +311,7 @@ def _load_torchscript_clip(model_name: str, path: str) -> torch.nn.Module:
             state = {k: v.detach() for k, v in archive.state_dict().items()}
         except Exception as err:  # noqa: BLE001 - whatever torch.jit.load raises, the file is unreadable
             raise ValueError(f"{path}: a TorchScript archive (zip with constants.pkl) that torch.jit.load cannot "
-                             f"read (truncated or corrupt?): {_first_line(err)}") from None
+                             f"read (truncated or corrupt?): {first_line(err)}") from None
     quick_gelu = _torchscript_quick_gelu(archive)
     for key in _OPENAI_EXTRA_KEYS:
         state.pop(key, None)

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor
 
 from bench.api import UserError
+from reference.errors import first_line
 
 
 def save_weights_dir(module: torch.nn.Module, directory: str, weights_file: str, json_file: str, doc: dict,
@@ -42,8 +43,8 @@ def read_weights_dir(path: str, weights_file: str, json_file: str, who: str) -> 
     try:
         meta = json.loads(doc.read_text())
     except (ValueError, UnicodeDecodeError) as err:
-        raise UserError(f"{who}: {doc} is not valid JSON ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{who}: {doc} is not valid JSON ({first_line(err)})") from None
     try:
         return load_file(str(weights)), meta
     except Exception as err:  # noqa: BLE001 - safetensors raises its own error type for a truncated or foreign file
-        raise UserError(f"{who}: {weights} is not a readable safetensors file ({str(err).splitlines()[0]})") from None
+        raise UserError(f"{who}: {weights} is not a readable safetensors file ({first_line(err)})") from None
