@@ -108,14 +108,34 @@ def stop_with_parent() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, int(signal.SIGTERM))
 
 
+def start_child(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
+    """A `bench` child process (build worker, generation shard) writing its output to `log`, no stdin, and
+    signalled when this process dies (`stop_with_parent`)."""
+    with open(log, "wb") as fh:
+        return subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                preexec_fn=stop_with_parent)
+
+
+def stop_children(procs: list[subprocess.Popen]) -> None:
+    """Interrupt the child processes still running, as Ctrl-C would (a build worker removes its unfinished temp
+    folder, a shard keeps the samples it wrote), and wait for them; kill one stuck for 20 s."""
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+    for p in procs:
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
 class _Worker:
     def __init__(self, item: Item, artefact: str, cmd: list[str], env: dict, log: Path):
         self.item, self.artefact, self.log = item, artefact, log
         log.parent.mkdir(parents=True, exist_ok=True)
         self.t0 = time.perf_counter()
-        with open(log, "wb") as fh:
-            self.proc = subprocess.Popen(cmd, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                         stdin=subprocess.DEVNULL, preexec_fn=stop_with_parent)
+        self.proc = start_child(cmd, log, env)
 
     def percent(self) -> str:
         """The last progress-bar percentage the worker wrote, or '' before its first bar."""
@@ -132,14 +152,6 @@ class _Worker:
     def failure(self, code: int) -> Exception:
         return child_failure(self.log, code, f"training {self.item[0]} {self.item[1]!r}")
 
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)  # lets the worker remove its unfinished temp folder
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
 
 
 def prebuild(builder: Builder, workers: int, log_dir: Path, progress: bool) -> None:
@@ -172,8 +184,8 @@ def prebuild(builder: Builder, workers: int, log_dir: Path, progress: bool) -> N
                     in_training = wanted in running or any(w.artefact == need.artefact for w in running.values())
                     if not in_training and len(running) < workers:  # else: load it once its worker is done
                         log = log_dir / f"{wanted[0]}-{wanted[1]}.log"
-                        running[wanted] = _Worker(wanted, need.artefact, base + ["--item", f"{wanted[0]}:{wanted[1]}", "--", suite.path],
-                                                  env, log)
+                        cmd = base + ["--item", f"{wanted[0]}:{wanted[1]}", "--", suite.path]  # '--': '-x.yaml'
+                        running[wanted] = _Worker(wanted, need.artefact, cmd, env, log)
                         if progress:
                             bar.write(f"[build] training {wanted[0]} {wanted[1]!r} in a worker "
                                       f"({threads} thread{'s' * (threads > 1)}; log {log})")
@@ -194,6 +206,5 @@ def prebuild(builder: Builder, workers: int, log_dir: Path, progress: bool) -> N
                 if progress:
                     bar.write(f"[build] {w.item[0]} {w.item[1]!r} trained in {time.perf_counter() - w.t0:.0f} s")
     finally:
-        for w in running.values():
-            w.stop()
+        stop_children([w.proc for w in running.values()])
         bar.close()

@@ -11,13 +11,12 @@ torch.set_num_threads. Components are built (trained into the cache) once, befor
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
 
 from bench.api import UserError
-from bench.build_pool import child_failure, stop_with_parent
+from bench.build_pool import child_failure, start_child, stop_children
 from bench.runner import Runner
 from reference.progress import progress_bar
 
@@ -48,14 +47,11 @@ def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_
     logs[0].parent.mkdir(parents=True, exist_ok=True)
     procs = []
     try:
-        for r, log in enumerate(logs):
-            with open(log, "wb") as fh:
-                cmd = base + ["--shard", f"{r}/{nproc}", "--", str(suite_path)]  # '--': a suite named '-x.yaml'
-                procs.append(subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                              preexec_fn=stop_with_parent))
+        for r, log in enumerate(logs):  # the suite path after '--': a suite named '-x.yaml'
+            procs.append(start_child(base + ["--shard", f"{r}/{nproc}", "--", str(suite_path)], log))
         codes = _wait_showing_progress(procs, runner, items, progress)
     except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed here: no shard outlives the run
-        _stop(procs)
+        stop_children(procs)
         raise
     failed = [r for r, c in enumerate(codes) if c != 0]
     if failed:  # one shard's error says it all (they run the same code on the same suite)
@@ -90,19 +86,6 @@ def _wait_showing_progress(procs: list[subprocess.Popen], runner: Runner, items,
     finally:
         bar.close()
     return [p.wait() for p in procs]
-
-
-def _stop(procs: list[subprocess.Popen]) -> None:
-    """Interrupt the shards still running (each keeps the samples it wrote) and wait for them; kill the stuck."""
-    for p in procs:
-        if p.poll() is None:
-            p.send_signal(signal.SIGINT)
-    for p in procs:
-        try:
-            p.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            p.kill()
-            p.wait()
 
 
 def torchrun_world() -> int:
