@@ -9,7 +9,8 @@ from typing import Any, Callable
 import torch
 
 from bench.api import UserError
-from bench.cache import artefact_dir, cached_artefact, code_fingerprint, code_home, key_hash, path_stamp, platform_key
+from bench.cache import (artefact_dir, cached_artefact, code_fingerprint, code_home, key_hash, path_stamp,
+                         platform_key)
 from bench.datasets.base import ReadsOnly, check_reads
 from bench.registry import COMPONENTS, SYSTEMS
 from bench.suite import Suite, args_dict, path_args, split_model_path

@@ -69,7 +69,8 @@ def check_resources(suite: Suite) -> list[str]:
         ask(DATASETS, suite.dataset.train_source.name, suite.dataset.train_source.args)
     for spec in suite.components.values():
         if spec.path is not None:
-            missing.extend(_missing_path(split_model_path(spec.kind, spec.path)[1], f"component {spec.name!r} ({spec.kind})",
+            file = split_model_path(spec.kind, spec.path)[1]
+            missing.extend(_missing_path(file, f"component {spec.name!r} ({spec.kind})",
                                          f"components.{spec.name}.path"))
         else:
             ask(COMPONENTS, spec.kind, spec.train)
@@ -207,7 +208,8 @@ class Runner:
         if self.fresh and self.out.exists() and self.coordinator:  # never a shard: others may be writing
             here = Path.cwd().resolve()
             if here == self.out.resolve() or self.out.resolve() in here.parents:
-                raise UserError(f"--fresh would delete {self.out}, which holds the current folder: choose another --out")
+                raise UserError(f"--fresh would delete {self.out}, which holds the current folder: choose another "
+                                "--out")
             if not is_run_folder(self.out):
                 raise UserError(f"--fresh would delete {self.out}, which is not a bench run folder (no {RUN_MARKER} "
                                 f"or suite.resolved.json in it): choose another --out or empty it yourself")
@@ -216,7 +218,8 @@ class Runner:
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             if not (self.out / RUN_MARKER).exists():
-                atomic_write_bytes(self.out / RUN_MARKER, b"a clipgen-bench run folder: bench run --fresh may delete it\n")
+                atomic_write_bytes(self.out / RUN_MARKER, b"a clipgen-bench run folder: bench run --fresh may delete "
+                                                          b"it\n")
         except OSError as err:
             if created:
                 shutil.rmtree(self.out, ignore_errors=True)

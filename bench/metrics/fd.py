@@ -11,7 +11,8 @@ from dataclasses import dataclass, field
 import torch
 
 from bench.api import MetricValue, RunContext, SampleBatch, UserError
-from bench.features import FD_METRIC_NAME, FEATURES, INCEPTION_SHA256_PREFIX, OTHER_INCEPTION_NAME, missing_feature_resources
+from bench.features import (FD_METRIC_NAME, FEATURES, INCEPTION_SHA256_PREFIX, OTHER_INCEPTION_NAME,
+                            missing_feature_resources)
 from bench.metrics.stats import (FeatureStats, StreamingMetric, extract, feature_stats, frechet_distance_of,
                                  get_extractor, reference_stats)
 from bench.registry import METRICS
@@ -43,9 +44,6 @@ class FDArgs:
 def missing_resources(args: FDArgs) -> list[str]:
     """One line per missing weights file, with where to put it (called by `bench run` before heavy work)."""
     return args.missing_resources()
-
-
-OFFICIAL_INCEPTION_NAME = {"fd": "FID", "kid": "KID"}
 
 
 class FeatureMetric(StreamingMetric):
@@ -102,9 +100,10 @@ class FeatureMetric(StreamingMetric):
                  "blur_radius": r, "n_reference": ref.n, "reference_stats_cached": cached,
                  "extractor": self.extractor.identity()}
         if self._other_inception():
+            official = self.names["inception-v3-compat"].upper()  # FID, KID
             extra["weights_note"] = (f"Inception-v3 weights other than torch-fidelity's (sha256 "
-                                     f"{INCEPTION_SHA256_PREFIX}...): not {OFFICIAL_INCEPTION_NAME[self.family]}, not comparable with "
-                                     "published values")
+                                     f"{INCEPTION_SHA256_PREFIX}...): not {official}, not comparable with published "
+                                     "values")
         if self.args.features == "clip":
             extra["clip"] = self.args.clip
         extra["n_below_feature_dim"] = min(gen.n, ref.n) <= gen.dim  # rank-deficient covariance (rank <= n - 1)

@@ -3,8 +3,8 @@
 k(x, y) = (x.y / d + 1)^3. The estimate is the mean over `subsets` random subsets of
 min(subset_size, n_generated, n_reference) samples from each side (drawn without replacement,
 in torchmetrics' order: a permutation of the reference, then of the generated features, per
-subset, from a generator seeded with `seed`); when that takes both whole sets, one subset, no std. Rows: `kid` (Inception), `kid-effnet-lite0`,
-`kid-clip`; variant "blur=k".
+subset, from a generator seeded with `seed`); when that takes both whole sets, one subset, no std.
+Rows: `kid` (Inception), `kid-effnet-lite0`, `kid-clip`; variant "blur=k".
 """
 from __future__ import annotations
 
