@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import signal
 import sys
 
 import click
@@ -42,7 +43,28 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Signalled(KeyboardInterrupt):
+    """SIGTERM, raised where the program is (as Ctrl-C raises KeyboardInterrupt), so the same cleanup runs."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"signal {signum}")
+        self.signum = signum
+
+
+class _BenchGroup(click.Group):
+    def invoke(self, ctx):
+        """An interrupted command (Ctrl-C, SIGTERM) ends, after its cleanup, with one line and the shell's status
+        for death by that signal (130, 143), not click's "Aborted!" and 1: scripts and CI can tell a stop from a
+        failure."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt as err:
+            signum = getattr(err, "signum", signal.SIGINT)
+            click.echo(f"\ninterrupted ({signal.Signals(signum).name})", err=True)
+            sys.exit(128 + signum)
+
+
+@click.group(cls=_BenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="clipgen-bench", prog_name="bench")
 def cli() -> None:
     """clipgen-bench: train or load CLIP-GEN and baselines, generate, and measure."""
@@ -76,6 +98,8 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
     from bench.suite import MAX_PROCESSES, load_suite
 
     try:
+        if out_dir is not None and not out_dir.strip():
+            raise UserError("--out '': name a folder (or leave --out out for runs/<suite>/)")
         if nproc is not None and nproc > MAX_PROCESSES:
             raise UserError(f"--nproc {nproc}: at most {MAX_PROCESSES} generation processes")
         suite = load_suite(suite_path, overrides)
@@ -338,10 +362,9 @@ def info() -> None:
 def _interrupt_on_sigterm() -> None:
     """SIGTERM (`kill`, `timeout`, a cancelled CI job) stops a run as Ctrl-C does: the cleanup that stops build
     workers and generation shards and removes unfinished cache folders runs, instead of leaving them running."""
-    import signal
 
     def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
+        raise Signalled(signum)
 
     signal.signal(signal.SIGTERM, interrupt)
 

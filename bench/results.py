@@ -167,8 +167,7 @@ def read_results_csv(path: str | Path, what: str = "results", columns=REPORT_COL
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: not a results CSV: the file is empty (no header line)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise UserError(f"{path}: not a results CSV ({err.__class__.__name__}: {first})") from None
+        raise UserError(f"{path}: not a results CSV ({err.__class__.__name__}: {first_line(err)})") from None
     return _check_frame(df, path, columns)
 
 
@@ -184,8 +183,7 @@ def read_frame(run_dir: Path) -> pd.DataFrame:
     try:
         df = pd.read_parquet(parquet)
     except (OSError, ValueError) as err:  # pyarrow's ArrowInvalid is a ValueError
-        first = (str(err).strip().splitlines() or [""])[0]
-        raise UserError(f"{parquet}: not a results table ({err.__class__.__name__}: {first})") from None
+        raise UserError(f"{parquet}: not a results table ({err.__class__.__name__}: {first_line(err)})") from None
     return _check_frame(df, parquet, REPORT_COLUMNS)
 
 

@@ -1,6 +1,7 @@
 """Build workers (`bench run --build-workers N`): what they train equals an in-process build with the same
 thread count, byte for byte; the cache key names the thread count; failures surface as one error."""
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -281,6 +282,7 @@ def test_the_build_workers_stop_with_the_run(tmp_path, how):
     assert _processes_mentioning(clip_worker), "the clip's build worker did not start"
     getattr(run, how)()  # SIGTERM or SIGKILL to the run only, not to its process group
     run.wait(timeout=60)
+    assert run.returncode == (128 + signal.SIGTERM if how == "terminate" else -signal.SIGKILL), run.stdout.read()
     deadline = time.time() + 30
     while _processes_mentioning(clip_worker) and time.time() < deadline:
         time.sleep(0.5)

@@ -227,3 +227,30 @@ def test_a_suite_file_named_like_an_option_runs_sharded(tmp_path, monkeypatch):
     result = CliRunner().invoke(cli, ["run", "--nproc", "2", "--out", "run", "--quiet", "--", "-dash.yaml"])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "run" / "results.csv").is_file()
+
+
+def test_an_interrupted_command_exits_with_the_signal_status():
+    """Ctrl-C and SIGTERM (bench.cli.Signalled) end with one line and 128 + the signal's number, as a shell reports
+    a death by that signal, not click's "Aborted!" and status 1."""
+    from bench.cli import Signalled, _BenchGroup
+
+    group = _BenchGroup()
+
+    @group.command()
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    @group.command()
+    def term():
+        raise Signalled(15)
+
+    for name, status, word in (("ctrl-c", 130, "SIGINT"), ("term", 143, "SIGTERM")):
+        result = CliRunner().invoke(group, [name])
+        assert result.exit_code == status, (name, result.output)
+        assert f"interrupted ({word})" in result.output and "Aborted" not in result.output
+
+
+def test_an_empty_out_is_refused(tmp_path):
+    result = CliRunner().invoke(cli, ["run", str(REPO / "suites" / "quickstart.yaml"), "--out", ""])
+    assert result.exit_code == 2
+    assert "--out ''" in result.output and "Traceback" not in result.output
