@@ -199,6 +199,8 @@ def _read_yaml(path: Path, loc: _Located, base: tuple = ()) -> dict:
         mark = getattr(err, "problem_mark", None)
         line = mark.line + 1 if mark else 1
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        if problem == "but found another document":
+            problem = "a second document starts here (---); a suite file holds one"
         raise SuiteError(f"{file}:{line}: <yaml>: not valid YAML: {problem}") from None
     if node is None:
         raise SuiteError(f"{file}:1: <file>: the suite is empty; it needs at least suite:, version:, dataset:")
@@ -474,6 +476,8 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
                            "and '-' (not starting with '.' or '-')")
     if isinstance(data["version"], bool) or not isinstance(data["version"], int) or data["version"] < 1:
         c.fail(("version",), f"expected a positive integer, got {_describe(data['version'])}")
+    if not isinstance(data.get("description", ""), str):
+        c.fail(("description",), f"expected text, got {_describe(data['description'])}")
 
     dataset = _dataset_spec(c, data["dataset"], ("dataset",), inherit={})
 
@@ -481,7 +485,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     _check_seeds(c, generation.seeds, ("generation", "seeds"))
 
     components: dict[str, ComponentSpec] = {}
-    raw_components = data.get("components") or {}
+    raw_components = {} if data.get("components") is None else data["components"]
     if not isinstance(raw_components, dict):
         c.fail(("components",), f"expected a mapping of name -> component, got {_describe(raw_components)}")
     for name, spec in raw_components.items():
@@ -503,7 +507,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             components[name] = ComponentSpec(name, kind, None, train)
 
     systems: list[SystemSpec] = []
-    raw_systems = data.get("systems") or []
+    raw_systems = [] if data.get("systems") is None else data["systems"]
     if not isinstance(raw_systems, list):
         c.fail(("systems",), f"expected a list of systems, got {_describe(raw_systems)}")
     aliases: set[str] = set()
@@ -527,7 +531,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         c.fail(("systems",), "the suite declares no systems")
 
     metrics: list[MetricSpec] = []
-    raw_metrics = data.get("metrics") or []
+    raw_metrics = [] if data.get("metrics") is None else data["metrics"]
     if not isinstance(raw_metrics, list):
         c.fail(("metrics",), f"expected a list of metrics, got {_describe(raw_metrics)}")
     for i, entry in enumerate(raw_metrics):
@@ -537,7 +541,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         metrics.append(MetricSpec(name, c.dataclass_from(METRICS.get(name).args, entry.get("args"), p + ("args",),
                                                          f"metric {name}")))
 
-    reported = _reported(c, data.get("reported") or [])
+    reported = _reported(c, [] if data.get("reported") is None else data["reported"])
 
     # references between sections: components by kind, systems by alias
     for i, s in enumerate(systems):

@@ -219,3 +219,10 @@ def test_a_broken_list_in_set_says_what_is_wrong_with_it(tmp_path):
     p = _write(tmp_path, "s.yaml", "suite: s\nversion: 1\ndataset: {name: shapes}\nsystems: [{name: noise}]\n")
     with pytest.raises(SuiteError, match=r"generation.seeds: '\[0,1' is not a valid YAML list or mapping: expected"):
         load_suite(p, ["generation.seeds=[0,1"])
+
+
+def test_a_second_yaml_document_is_named_as_such():
+    with pytest.raises(SuiteError, match=r"two_documents.yaml:5: <yaml>: .*a second document starts here \(---\)"):
+        load_suite(BAD / "two_documents.yaml")
+    with pytest.raises(SuiteError, match=r"systems: expected a list of systems, got a mapping"):
+        load_suite(BAD / "systems_as_mapping.yaml")
