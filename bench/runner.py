@@ -35,6 +35,7 @@ from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 from bench.results import Results, measured_row
 from bench.suite import Suite, args_dict, path_args, references, split_model_path
+from reference.errors import first_line
 from reference.progress import progress_bar
 
 
@@ -100,8 +101,12 @@ def _png_bytes(image: torch.Tensor) -> bytes:
 
 
 def _load_png(path: Path) -> torch.Tensor:
-    with Image.open(path) as im:
-        arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    try:
+        with Image.open(path) as im:
+            arr = torch.from_numpy(np.asarray(im.convert("RGB")).copy())
+    except (OSError, ValueError) as err:  # PIL's UnidentifiedImageError and a truncated file are OSErrors
+        raise UserError(f"{path}: not a readable sample image ({first_line(err)}); delete it and run again: the run "
+                        "generates what is missing") from None
     return arr.permute(2, 0, 1)  # [3,H,W]
 
 

@@ -44,6 +44,9 @@ def test_registered_and_missing(tmp_path):
     assert missing_resources(ImageFolderArgs(root=str(tmp_path))) == []
     with pytest.raises(UserError, match="no images"):
         make_imagefolder(ImageFolderArgs(root=str(tmp_path))).train_images()
+    (tmp_path / "one.png").write_bytes(b"")
+    assert "one.png is a file, not a folder" in missing_resources(
+        ImageFolderArgs(root=str(tmp_path / "one.png")))[0]
 
 
 def test_lists_images_recursively(tmp_path):

@@ -158,6 +158,27 @@ def test_limit_and_resume_only_generate_missing(tmp_path):
     assert all(p.stat().st_mtime_ns == t for p, t in stamp.items()), "existing samples were rewritten"
 
 
+def test_a_damaged_sample_on_disk_is_named_and_generated_again_once_deleted(tmp_path):
+    p = tmp_path / "damaged.yaml"
+    p.write_text("""suite: damaged
+version: 1
+dataset: {name: shapes, resolution: 16, num_captions: 8, train_size: 1, pairs_size: 1}
+generation: {batch_size: 8, seeds: [0], warmup: false}
+systems: [{name: noise}]
+metrics: [{name: throughput}]
+""")
+    suite = load_suite(p)
+    Runner(suite, out_dir=tmp_path / "r", progress=False).run()
+    png = sorted((tmp_path / "r" / "samples" / "noise" / "seed0").glob("*.png"))[3]
+    whole = png.read_bytes()
+    png.write_bytes(whole[: len(whole) // 2])  # a disk that filled up, a copy cut short
+    with pytest.raises(UserError, match=rf"{png.name}: not a readable sample image .*delete it and run again"):
+        Runner(suite, out_dir=tmp_path / "r", progress=False).run()
+    png.unlink()
+    Runner(suite, out_dir=tmp_path / "r", progress=False).run()
+    assert png.read_bytes() == whole
+
+
 def test_caption_seed_is_stable_and_distinct():
     assert caption_seed(0, 1) == caption_seed(0, 1)
     assert len({caption_seed(s, c) for s in range(3) for c in range(100)}) == 300

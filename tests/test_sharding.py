@@ -1,13 +1,19 @@
 """Sharded generation equals a single-process run exactly (samples and numbers)."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from bench.cli import cli
+
+REPO = Path(__file__).resolve().parents[1]
 
 SUITE = """suite: shard
 version: 1
@@ -77,3 +83,51 @@ def test_torchrun_two_gloo_ranks_equal_one_process_with_the_same_omp_threads(tmp
                          capture_output=True, text=True, timeout=600, env=env)
     assert two.returncode == 0, two.stderr[-3000:]
     _assert_same_run(tmp_path / "one", tmp_path / "two")
+
+
+SLEEPY = '''
+import time
+import torch
+from bench.registry import SYSTEMS
+
+class Sleepy:
+    uses_captions = False
+    def generate(self, captions, caption_ids, seeds):
+        time.sleep(0.5)
+        return torch.zeros(len(captions), 3, 16, 16, dtype=torch.uint8)
+
+@SYSTEMS.register("plugin-sleepy", "half a second per batch")
+def build(args, ctx):
+    return Sleepy()
+'''
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc (Linux)")
+@pytest.mark.parametrize("how", ["terminate", "kill"])
+def test_the_generation_shards_stop_with_the_run(tmp_path, how):
+    """SIGTERM to `bench run --nproc 2` stops its shard processes (and the run exits 143); SIGKILL, which no
+    cleanup sees, stops them through the parent-death signal they were started with."""
+    from test_build_pool import _processes_mentioning
+    from test_plugins import install
+
+    install(tmp_path, "sleepy_plugin", SLEEPY)
+    suite = tmp_path / "sleepy.yaml"
+    suite.write_text("suite: sleepy\nversion: 1\ndataset: {name: shapes, resolution: 16, num_captions: 200, "
+                     "train_size: 1, pairs_size: 1}\ngeneration: {batch_size: 1, seeds: [0], warmup: false}\n"
+                     "systems: [{name: plugin-sleepy}]\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)]),
+           "BENCH_CACHE": str(tmp_path / "cache")}
+    run = subprocess.Popen([sys.executable, "-m", "bench", "run", str(suite), "--out", str(tmp_path / "run"),
+                            "--quiet", "--nproc", "2"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    shard = f"--shard 1/2 -- {suite}"
+    deadline = time.time() + 120
+    while not list((tmp_path / "run" / "samples").rglob("*.png")) and time.time() < deadline and run.poll() is None:
+        time.sleep(0.2)  # a shard is generating
+    assert _processes_mentioning(shard), "the shard processes did not start"
+    getattr(run, how)()
+    run.wait(timeout=60)
+    assert run.returncode == (128 + signal.SIGTERM if how == "terminate" else -signal.SIGKILL), run.stdout.read()
+    deadline = time.time() + 30
+    while _processes_mentioning(shard) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _processes_mentioning(shard), "a shard generates on after its run was stopped"

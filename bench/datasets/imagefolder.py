@@ -135,6 +135,8 @@ class ImageFolderArgs:
 def missing_resources(args: ImageFolderArgs) -> list[str]:
     if not args.root:
         return ["imagefolder needs a folder: set `root:` in the dataset args"]
+    if os.path.isfile(args.root):
+        return [f"{args.root} is a file, not a folder: set `root:` to the folder tree of images it belongs to"]
     if not os.path.isdir(args.root):
         return [f"image folder not found at {args.root}: set `root:` to a folder tree of images"]
     return []
