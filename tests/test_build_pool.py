@@ -264,6 +264,19 @@ def _processes_mentioning(text: str) -> list[int]:
     return found
 
 
+def stop_run_and_wait_for_children(run: subprocess.Popen, how: str, child: str) -> None:
+    """Send the run SIGTERM ("terminate") or SIGKILL ("kill"), to it only, not to its process group; assert it ends
+    as that signal's death (143 after its cleanup, or killed) and that within 30 s no process whose command line
+    holds `child` is left."""
+    getattr(run, how)()
+    run.wait(timeout=60)
+    assert run.returncode == (128 + signal.SIGTERM if how == "terminate" else -signal.SIGKILL), run.stdout.read()
+    deadline = time.time() + 30
+    while _processes_mentioning(child) and time.time() < deadline:
+        time.sleep(0.2)
+    assert not _processes_mentioning(child), f"{child!r} runs on after its run was stopped"
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc (Linux)")
 @pytest.mark.parametrize("how", ["terminate", "kill"])
 def test_the_build_workers_stop_with_the_run(tmp_path, how):
@@ -280,11 +293,5 @@ def test_the_build_workers_stop_with_the_run(tmp_path, how):
     while not _processes_mentioning(clip_worker) and time.time() < deadline and run.poll() is None:
         time.sleep(0.5)
     assert _processes_mentioning(clip_worker), "the clip's build worker did not start"
-    getattr(run, how)()  # SIGTERM or SIGKILL to the run only, not to its process group
-    run.wait(timeout=60)
-    assert run.returncode == (128 + signal.SIGTERM if how == "terminate" else -signal.SIGKILL), run.stdout.read()
-    deadline = time.time() + 30
-    while _processes_mentioning(clip_worker) and time.time() < deadline:
-        time.sleep(0.5)
-    assert not _processes_mentioning(clip_worker), "the worker trains on after its run was terminated"
+    stop_run_and_wait_for_children(run, how, clip_worker)
     assert not [p for p in (tmp_path / "cache").rglob(".*") if p.is_dir()], "a worker left an unfinished cache folder"

@@ -1,7 +1,6 @@
 """Sharded generation equals a single-process run exactly (samples and numbers)."""
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -107,7 +106,7 @@ def build(args, ctx):
 def test_the_generation_shards_stop_with_the_run(tmp_path, how):
     """SIGTERM to `bench run --nproc 2` stops its shard processes (and the run exits 143); SIGKILL, which no
     cleanup sees, stops them through the parent-death signal they were started with."""
-    from test_build_pool import _processes_mentioning
+    from test_build_pool import _processes_mentioning, stop_run_and_wait_for_children
     from test_plugins import install
 
     install(tmp_path, "sleepy_plugin", SLEEPY)
@@ -124,10 +123,4 @@ def test_the_generation_shards_stop_with_the_run(tmp_path, how):
     while not list((tmp_path / "run" / "samples").rglob("*.png")) and time.time() < deadline and run.poll() is None:
         time.sleep(0.2)  # a shard is generating
     assert _processes_mentioning(shard), "the shard processes did not start"
-    getattr(run, how)()
-    run.wait(timeout=60)
-    assert run.returncode == (128 + signal.SIGTERM if how == "terminate" else -signal.SIGKILL), run.stdout.read()
-    deadline = time.time() + 30
-    while _processes_mentioning(shard) and time.time() < deadline:
-        time.sleep(0.2)
-    assert not _processes_mentioning(shard), "a shard generates on after its run was stopped"
+    stop_run_and_wait_for_children(run, how, shard)
