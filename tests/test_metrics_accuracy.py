@@ -73,6 +73,32 @@ def test_class_accuracy_single_attribute(tmp_path):
     rows = {r.variant: r for r in metric.compute(ctx)}
     assert set(rows) == {"test/all", "all/all", "judge-on-real/all"}
     assert rows["test/all"].value == pytest.approx(0.5) and rows["test/all"].metric == "class-accuracy"
+    assert rows["judge-on-real/all"].value == 1.0 and rows["test/all"].extra["judge_ok"]
+
+
+def test_judge_ok_follows_the_suites_floor(tmp_path):
+    """The judge reads one of two real images right: judge_ok under a floor of 0.5, not under the default 0.98."""
+    attrs = {"class": ["dark", "bright"]}
+
+    class DarkJudge:  # calls everything dark
+        def predict(self, images, batch_size=256):
+            return {"class": torch.zeros(len(images), dtype=torch.long)}
+
+        def labels(self, infos):
+            return {"class": torch.tensor([attrs["class"].index(i["class"]) for i in infos])}
+
+    infos = [{"class": "dark", "split": "test"}, {"class": "bright", "split": "test"}]
+    real = torch.stack([torch.zeros(3, 4, 4, dtype=torch.uint8), torch.full((3, 4, 4), 255, dtype=torch.uint8)])
+    items = [CaptionItem(i, "c", info) for i, info in enumerate(infos)]
+    for floor, ok in ((None, False), (0.5, True), (0.51, False)):
+        ctx = make_ctx(TensorDataset(real, items=items, real=real, attributes=attrs), tmp_path,
+                       components={"j": DarkJudge()})
+        metric = build_class_accuracy(AccuracyArgs(judge="j") if floor is None else
+                                      AccuracyArgs(judge="j", judge_floor=floor))
+        metric.update(SampleBatch(real, ["c", "c"], [0, 1], infos))
+        rows = {r.variant: r for r in metric.compute(ctx)}
+        assert rows["judge-on-real/all"].value == 0.5
+        assert rows["test/all"].extra["judge_ok"] is ok and rows["test/all"].extra["judge_floor"] == (floor or 0.98)
 
 
 def test_judge_on_real_follows_the_eval_captions_not_only_the_identity(tmp_path):
