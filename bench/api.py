@@ -1,4 +1,4 @@
-"""The contracts between the harness's rooms (see DESIGN.md, "Contracts").
+"""The contracts between the harness's parts: datasets, systems, metrics, components and the runner.
 
 Datasets hand out images and captions, systems turn captions into images,
 metrics stream over `SampleBatch`es and return `MetricValue`s; the runner turns

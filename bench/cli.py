@@ -15,7 +15,7 @@ import click
 # Settings that only act if present when the process starts, so `main` re-executes itself once with
 # them (a value the user already set is kept):
 # - glibc returns freed memory to the kernel eagerly; on these CPUs that made training steps ~8x slower
-#   (page faults; ../shared/NOTES-cpu-training.md);
+#   (page faults; measured by the team's 2-core CPU prototype of the miniature pipeline);
 # - libgomp's threads spin 300,000 rounds at each barrier by default: with another busy process on a 2-core
 #   machine a descheduled thread keeps its partner spinning, and tiny-GPT training fell from 6.9 to 1.0
 #   steps/s. 10,000 rounds gave 2.9 steps/s under that load and the same 6.9 on a quiet machine
@@ -84,7 +84,7 @@ def cli() -> None:
               help="generate with N processes (captions sharded); metrics are computed once, at the end "
                    "(default: the suite's generation.processes, 1 unless it says)")
 @click.option("--shard", default=None, metavar="R/N",
-              help="only generate shard R of N into --out (no metrics); a later plain run measures")
+              help="only generate shard R (0..N-1) of N into --out (no metrics); a later plain run measures")
 @click.option("--build-workers", type=click.IntRange(min=1), default=None,
               help="train what is not cached in N processes of cores/N threads each; 1: in this process with "
                    "all threads (default: 2 on a CPU with 2 or more cores, else 1). The thread count changes the "
@@ -183,8 +183,9 @@ def _trains_on(entry) -> str:
 @click.argument("name", required=False)
 def ls_(name) -> None:
     """List datasets, systems, metrics, component kinds and presets; with NAME, that entry's arguments."""
-    from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
+    from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS, load_all
 
+    load_all()  # a plugin that fails to load: its one line before anything is printed
     registries = (("datasets", DATASETS), ("systems", SYSTEMS), ("metrics", METRICS), ("component kinds", COMPONENTS))
     if name is not None:
         _ls_one(name, registries)

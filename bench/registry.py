@@ -129,7 +129,7 @@ def _meta_text(meta: typing.Mapping) -> str:
     if "choices" in meta:
         parts.append("one of " + ", ".join(map(str, meta["choices"])))
     if "component" in meta:
-        parts.append(f"names a {meta['component']} component")
+        parts.append(f"names {'an' if meta['component'][0] in 'aeiou' else 'a'} {meta['component']} component")
     if "system" in meta:
         parts.append("names a system alias")
     if meta.get("path"):

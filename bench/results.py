@@ -1,6 +1,6 @@
 """The long results table (one row per number, with provenance) and its views.
 
-Columns (DESIGN.md): suite, suite_version, system, system_name, uses_captions,
+Columns: suite, suite_version, system, system_name, uses_captions,
 metric, variant, value, n, seed, source, citation, args_hash, git_sha,
 versions, device, timestamp, extra.
 """

@@ -144,6 +144,7 @@ def test_a_plugin_that_fails_to_load_is_one_clear_error(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert "plugin 'broken_plugin' (broken_plugin) failed to load: RuntimeError: boom at import" in lines[0]
+    assert result.stdout == "", "a listing begun before the failure"
     # every later lookup in the process fails the same way, not with "unknown system" for a later plugin's name
     install(tmp_path, "zz_grey_plugin", GOOD)  # loads after the broken one
     suite = tmp_path / "s.yaml"
