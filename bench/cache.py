@@ -11,6 +11,8 @@ import shutil
 import sys
 import tempfile
 import time
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,7 +21,13 @@ import bench
 
 def cache_dir() -> Path:
     """$BENCH_CACHE, or ~/.cache/clipgen-bench when it is unset or empty (an empty value is not the current folder)."""
-    return Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "clipgen-bench").expanduser()
+    try:
+        return Path(os.environ.get("BENCH_CACHE") or Path.home() / ".cache" / "clipgen-bench").expanduser()
+    except RuntimeError as err:  # "~nosuchuser/...", or no home folder to put the default in
+        from bench.api import UserError
+
+        raise UserError(f"BENCH_CACHE={os.environ.get('BENCH_CACHE', '')!r}: {err}; set BENCH_CACHE to a folder") \
+            from None
 
 
 # Libraries whose arithmetic or data handling shapes a trained artefact, a statistic or a number: their versions
@@ -195,17 +203,19 @@ def cached_artefact(root: str | Path, kind: str, key: dict, train: Callable[[], 
     return obj
 
 
+# what reading a damaged or foreign .npz can raise (a compressed member's damage is zlib's error)
+NPZ_READ_ERRORS = (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile, zlib.error)
+
+
 def stats_file_key(path: str | Path) -> dict | None:
     """The key stored in a statistics file (`<cache>/stats/<hash>.npz`), or None when the file is missing or
     unreadable (not an npz, no key entry, bad JSON): the one reader for `reference_stats` and `bench cache`."""
-    import zipfile
-
     import numpy as np
 
     try:
         with np.load(path, allow_pickle=False) as z:
             key = json.loads(str(z["key"]))
-    except (OSError, EOFError, ValueError, KeyError, zipfile.BadZipFile):
+    except NPZ_READ_ERRORS:
         return None
     return key if isinstance(key, dict) else None
 

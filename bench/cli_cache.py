@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import stat
 import sys
@@ -21,9 +22,14 @@ import click
 from bench.api import UserError
 from bench.cache import cache_dir, stats_file_key
 from bench.cli import fail
+from reference.errors import first_line
 
 STATS_KIND = "stats"  # reference_stats writes <cache>/stats/<hash>.npz
 INCOMPLETE_AGE_S = 3600  # a younger temp folder may belong to a run still writing it
+# what a killed run or prune leaves beside an entry (`<hash>/` or `<hash>.npz`): `.<entry>.<random>` (tempfile's
+# mkdtemp / mkstemp, bench/cache.py) or `.<entry>.pruning-<8 hex>` (_remove). Any other dot-name (.git, .venv,
+# .env.local) is not the cache's and is left alone, whatever BENCH_CACHE points at.
+TEMP_NAME = re.compile(r"\.[0-9a-f]{16,64}(?:\.npz)?\.(?:[a-z0-9_]+|pruning-[0-9a-f]{8})")
 HEADER = ("KIND", "HASH", "SIZE", "CREATED", "LAST USED", "SUMMARY")
 KIND_OPTION = click.option("--kind", default=None, metavar="KIND",
                            help="only this kind (a folder of the cache: vqgan, clip, stats, ...)")
@@ -148,7 +154,7 @@ def _scan(kind: str | None) -> tuple[Path, list[Entry]]:
 
 def _entry(kind: str, path: Path) -> Entry | None:
     """The entry at `path`, or None for something the cache never writes (left alone)."""
-    if path.name.startswith("."):
+    if TEMP_NAME.fullmatch(path.name):
         size, newest = _footprint(path)
         return Entry(kind, path, path.name, size, path.lstat().st_mtime, newest, "incomplete", True)
     if kind == STATS_KIND and path.suffix == ".npz" and path.is_file():
@@ -200,7 +206,7 @@ def _summary(key: dict | None) -> str:
     if isinstance(data, dict):
         for split, ident in data.items():
             ident = ident.get("train_source", ident) if isinstance(ident, dict) else {}
-            name = ident.get("dataset") or ident.get("name")
+            name = (ident.get("dataset") or ident.get("name")) if isinstance(ident, dict) else None
             if name:
                 parts.append(f"data={name}/{split}")
     reference, extractor = key.get("reference"), key.get("extractor")
@@ -220,14 +226,15 @@ def _remove(path: Path) -> bool:
     doomed = path.with_name(f".{path.name}.pruning-{uuid.uuid4().hex[:8]}")
     try:
         path.rename(doomed)
-        if doomed.is_dir():
+        if doomed.is_dir() and not doomed.is_symlink():  # a symlinked entry: the link goes, not what it points to
             shutil.rmtree(doomed)
         else:
             doomed.unlink()
     except FileNotFoundError:
         return False
     except OSError as err:
-        raise UserError(f"cannot remove {path}: {err.strerror}") from None
+        where = f" (renamed {doomed.name}; --incomplete removes it later)" if doomed.exists() else ""
+        raise UserError(f"cannot remove {path}{where}: {err.strerror or first_line(err)}") from None
     return True
 
 
@@ -244,7 +251,10 @@ def _table(rows) -> list[str]:
 
 
 def _when(t: float | None) -> str:
-    return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t is not None else "-"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t is not None else "-"
+    except (OverflowError, ValueError, OSError):  # a key.json edited to a time no calendar has (1e300, NaN)
+        return "?"
 
 
 def _human(n: float) -> str:

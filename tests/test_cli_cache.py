@@ -315,3 +315,62 @@ def test_reference_statistics_are_computed_when_the_cache_cannot_keep_them(tmp_p
     stats, cached = reference_stats(make_ctx(TensorDataset(reference), str(tmp_path)), MeanColour(), 0, 4)
     assert cached is False and stats.n == 6
     assert "cannot keep the reference statistics" in capsys.readouterr().err
+
+
+def test_dot_names_the_cache_never_writes_are_left_alone(filled):
+    """BENCH_CACHE pointed at a project folder by mistake: its .git, .venv and .env.local are not temp folders of
+    killed runs, however old; a stats temp file (`.<hash>.npz.<random>`) and a half-pruned entry are."""
+    project = filled / "proj"
+    for name in (".git", ".venv"):
+        temp_folder(filled, "proj", name, age_s=3 * DAY)
+    (project / ".env.local").write_text("SECRET=1\n")
+    _set_mtime(project / ".env.local", 3 * DAY)
+    npz_temp = filled / "stats" / f".{'e' * 20}.npz.ab12cd34"
+    npz_temp.write_bytes(b"\0" * 10)
+    _set_mtime(npz_temp, 2 * 3600)
+    pruning = temp_folder(filled, "clip", f".{'a' * 20}.pruning-0123abcd", age_s=2 * 3600)
+    listed = bench_cache(filled, "ls").output
+    assert ".git" not in listed and ".venv" not in listed and ".env.local" not in listed
+    result = bench_cache(filled, "prune", "--incomplete", "--yes")
+    assert result.exit_code == 0, result.output
+    assert all((project / name).exists() for name in (".git", ".venv", ".env.local"))
+    assert not npz_temp.exists() and not pruning.exists()
+
+
+def test_a_symlinked_entry_is_unlinked_not_followed(filled, tmp_path):
+    elsewhere = artefact(tmp_path / "elsewhere", "clip", "9" * 20, CLIP_KEY, 10)
+    (filled / "clip" / ("8" * 20)).symlink_to(elsewhere, target_is_directory=True)
+    result = bench_cache(filled, "prune", "--all", "--kind", "clip", "--yes")
+    assert result.exit_code == 0, result.output
+    assert not list((filled / "clip").iterdir())
+    assert (elsewhere / "weights.safetensors").exists(), "the link's target is not the cache's to delete"
+
+
+@pytest.mark.parametrize("created", ["1e300", "NaN"])
+def test_a_key_json_with_an_impossible_time_still_lists(filled, created):
+    key_json = filled / "clip" / ("a" * 20) / "key.json"
+    key_json.write_text(key_json.read_text()[:-1] + f', "created": {created}}}')
+    result = bench_cache(filled, "ls")
+    assert result.exit_code == 0 and "Traceback" not in result.output, result.output
+
+
+def test_a_statistics_file_damaged_past_its_key_is_computed_again(tmp_path):
+    reference = torch.randint(0, 256, (6, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ctx = make_ctx(TensorDataset(reference), str(tmp_path))
+    stats, _ = reference_stats(ctx, MeanColour(), 0, 4)
+    (path,) = (tmp_path / "stats").glob("*.npz")
+    with np.load(path) as z:
+        members = {name: z[name] for name in z.files}
+    np.savez_compressed(path, **members)
+    data = bytearray(path.read_bytes())
+    start = data.index(b"features.npy") + 40  # inside the compressed features, before the key member
+    data[start:start + 16] = b"\xff" * 16
+    path.write_bytes(bytes(data))
+    again, cached = reference_stats(ctx, MeanColour(), 0, 4)
+    assert cached is False and np.array_equal(again.mu, stats.mu)
+
+
+def test_a_cache_folder_under_an_unknown_home_is_one_line(tmp_path):
+    result = bench_cache(Path("~nosuchuser-clipgen/cache"), "ls")
+    assert result.exit_code == 2 and result.output.startswith("error: BENCH_CACHE='~nosuchuser-clipgen/cache'"), \
+        result.output

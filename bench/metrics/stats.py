@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from bench.api import RunContext, SampleBatch
-from bench.cache import (atomic_write_bytes, code_fingerprint, code_home, key_hash, mark_used, platform_key,
-                         stats_file_key)
+from bench.cache import (NPZ_READ_ERRORS, atomic_write_bytes, code_fingerprint, code_home, key_hash, mark_used,
+                         platform_key, stats_file_key)
 from bench.features import build_extractor, gaussian_blur
 
 STATS_FORMAT = 1  # bump when the stored layout changes (the code computing it is in the key)
@@ -140,10 +140,14 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
            "platform": platform_key(ctx.device), "batch_size": batch_size}
     path = Path(ctx.cache_dir) / "stats" / f"{key_hash(key)}.npz"
     if stats_file_key(path) == json.loads(json.dumps(key, sort_keys=True, default=str)):  # else rewritten below
-        with np.load(path, allow_pickle=False) as z:
-            stats = FeatureStats(z["features"], z["mu"], z["sigma"])
-        mark_used(path)
-        return stats, True
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                stats = FeatureStats(z["features"], z["mu"], z["sigma"])
+        except NPZ_READ_ERRORS:  # a damaged file whose key still reads: computed again and rewritten below
+            stats = None
+        if stats is not None:
+            mark_used(path)
+            return stats, True
     chunks = []
     for images in ctx.iter_reference_images(batch_size):
         chunks.append(extract(extractor, images, blur, batch_size))
