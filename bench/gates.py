@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -92,12 +93,16 @@ def _measured(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def _means(df: pd.DataFrame) -> dict[tuple[str, str, str], float]:
-    return {k: float(v) for k, v in df.groupby(["system", "metric", "variant"])["value"].mean().items()}
+    """The mean over seeds of each (system, metric, variant); NaN when any seed's value is not finite (blank,
+    NaN, inf), so the gate fails instead of averaging over the seeds that have a number."""
+    means = df.groupby(["system", "metric", "variant"])["value"].agg(
+        lambda v: v.mean() if np.isfinite(v.to_numpy(dtype=float)).all() else math.nan)
+    return {k: float(v) for k, v in means.items()}
 
 
 def _read_csv(path: Path, what: str) -> pd.DataFrame:
     """The columns a gate needs, value numeric (bench.results.read_results_csv: UserError otherwise)."""
-    return read_results_csv(path, what, ("suite", "system", "metric", "variant", "value", "n", "source"))
+    return read_results_csv(path, what, ("suite", "system", "metric", "variant", "value", "n", "seed", "source"))
 
 
 def _check_comparable(run: pd.DataFrame, base: pd.DataFrame, gated: list, run_dir: Path, baseline_csv: Path) -> None:
@@ -107,14 +112,18 @@ def _check_comparable(run: pd.DataFrame, base: pd.DataFrame, gated: list, run_di
     if suites[0] != suites[1]:
         raise UserError(f"{run_dir} is a run of suite {', '.join(suites[0]) or '?'} but {baseline_csv} holds "
                         f"{', '.join(suites[1]) or '?'}: compare a run of the baseline's suite")
-    sizes = [df.groupby(["system", "metric", "variant"])["n"].apply(lambda n: sorted(set(n))) for df in (run, base)]
-    for key in gated:
-        if key in sizes[0] and sizes[0][key] != sizes[1][key]:
-            raise UserError(f"{key[0]} {key[1]}/{key[2]}: the run measured n={sizes[0][key]} but the baseline "
-                            f"n={sizes[1][key]} (a --limit or --set run?): compare runs made with the same settings")
+    for col, what in (("n", "a --limit or --set run?"), ("seed", "other generation.seeds?")):
+        values = [df.groupby(["system", "metric", "variant"])[col].apply(lambda v: sorted(set(v))) for df in (run, base)]
+        for key in gated:
+            if key in values[0] and values[0][key] != values[1][key]:
+                raise UserError(f"{key[0]} {key[1]}/{key[2]}: the run measured {col}={values[0][key]} but the "
+                                f"baseline {col}={values[1][key]} ({what}): compare runs made with the same settings")
 
 
 def compare_run(run_dir: str | Path, baseline_csv: str | Path, tolerances: str | Path | None = None) -> tuple[bool, str]:
+    for name, given in (("RUN_DIR", run_dir), ("BASELINE_CSV", baseline_csv), ("--tolerances", tolerances)):
+        if given is not None and not str(given).strip():
+            raise UserError(f"{name} '': name a {'file' if name != 'RUN_DIR' else 'run folder'}")
     run_dir, baseline_csv = Path(run_dir), Path(baseline_csv)
     run = _read_csv(run_dir / "results.csv", "run results (results.csv)")
     base = _read_csv(baseline_csv, "baseline")

@@ -14,6 +14,7 @@ FD is one number per seed (not per caption): its comparison pairs seeds only, wi
 from __future__ import annotations
 
 import math
+import re
 
 import numpy as np
 import pandas as pd
@@ -178,8 +179,8 @@ def _columns(df: pd.DataFrame) -> tuple[str | None, list[tuple[str, str, str]]]:
     fds = [fd] + [m for m in FD_METRICS if m != fd and present(df[df["source"] == "reported"], m)] if fd else []
     cols: list[tuple[str, str, str]] = []
     for m in fds:
-        blurs = sorted({int(v.split("=")[1]) for v in df.loc[df["metric"] == m, "variant"].map(_clean_variant)
-                        if v.startswith("blur=")})
+        blurs = sorted({int(v[len("blur="):]) for v in df.loc[df["metric"] == m, "variant"].map(_clean_variant)
+                        if re.fullmatch(r"blur=\d+", v)})  # FD rows of other variants have no paper column
         cols += [(f"{FD_LABEL[m]}-{k}" + ("" if m == fd else " (reported)"), m, f"blur={k}") for k in blurs]
     variants = lambda m: set(df.loc[df["metric"] == m, "variant"].map(_clean_variant))  # noqa: E731
     if present(df, "caps"):

@@ -13,6 +13,7 @@ import io
 import json
 import math
 import platform
+import re
 import subprocess
 from pathlib import Path
 
@@ -131,26 +132,55 @@ REPORT_COLUMNS = ("system", "system_name", "uses_captions", "metric", "variant",
                   "citation", "extra")
 
 
+NUMBER_COLUMNS = ("value", "n", "seed")
+# names and text: read back as written ("NA", "null", "42" are aliases a suite may use, not a missing value or a
+# number), blank as ""
+TEXT_COLUMNS = ("suite", "system", "system_name", "metric", "variant", "source", "citation", "args_hash", "git_sha",
+                "versions", "device", "timestamp", "extra")
+
+
 def _check_frame(df: pd.DataFrame, path: Path, columns) -> pd.DataFrame:
-    """`df` with `columns` present and value (blank: no number) / n / seed numeric; UserError naming the first
-    problem otherwise."""
+    """`df` with `columns` present, its text columns as text, value a number or blank (not measured: NaN), n and
+    seed whole numbers, and each `extra` a JSON object; UserError naming the first problem otherwise."""
     missing = set(columns) - set(df.columns)
     if missing:
         raise UserError(f"{path}: not a results table: missing columns {sorted(missing)}")
-    for col in ("value", "n", "seed"):
+
+    def refuse(col: str, bad: pd.Series, what: str):
+        i = int(bad.to_numpy().argmax())
+        v = df[col].iloc[i]
+        raise UserError(f"{path}: not a results table: {col} in data row {i + 1} is "
+                        f"{'blank' if pd.isna(v) else repr(v) if isinstance(v, str) else v}, not {what}")
+
+    for col in TEXT_COLUMNS:
+        if col in df.columns:
+            df[col] = df[col].map(lambda v: "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v))
+    for col in NUMBER_COLUMNS:
         if col not in columns:
             continue
         numbers = pd.to_numeric(df[col], errors="coerce")
         bad = numbers.isna()
         if col == "value":  # blank: a number that could not be measured (NaN)
             bad &= df[col].notna()
+        else:
+            bad |= ~np.isfinite(numbers) | (numbers != numbers.round())
         if bad.any():
-            i = int(bad.to_numpy().argmax())
-            v = df[col].iloc[i]
-            raise UserError(f"{path}: not a results table: {col} in data row {i + 1} is "
-                            f"{'blank' if pd.isna(v) else repr(v) if isinstance(v, str) else v}, not a number")
+            refuse(col, bad, "a number" if col == "value" else "a whole number")
         df[col] = numbers
+    if "extra" in columns:
+        bad = ~df["extra"].map(_is_json_object)
+        if bad.any():
+            refuse("extra", bad, "a JSON object")
     return df
+
+
+def _is_json_object(text: str) -> bool:
+    if text == "":
+        return True
+    try:
+        return isinstance(json.loads(text), dict)
+    except ValueError:
+        return False
 
 
 def read_results_csv(path: str | Path, what: str = "results", columns=REPORT_COLUMNS) -> pd.DataFrame:
@@ -162,8 +192,9 @@ def read_results_csv(path: str | Path, what: str = "results", columns=REPORT_COL
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: {what} not found")
-    try:
-        df = pd.read_csv(path)
+    try:  # blank, NaN and nan are a missing number only in the number columns
+        df = pd.read_csv(path, keep_default_na=False, na_values={c: ["", "NaN", "nan"] for c in NUMBER_COLUMNS},
+                         dtype={c: str for c in TEXT_COLUMNS})
     except pd.errors.EmptyDataError:
         raise UserError(f"{path}: not a results CSV: the file is empty (no header line)") from None
     except (pd.errors.ParserError, UnicodeDecodeError, OSError) as err:
@@ -199,7 +230,7 @@ def load_per_caption(run_dir: Path) -> dict[tuple[str, str], dict[int, dict[int,
             for cid, values in json.loads(path.read_text()).items():
                 for key, v in values.items():
                     out.setdefault((system, key), {}).setdefault(seed, {})[int(cid)] = float(v)
-        except (ValueError, TypeError, AttributeError, UnicodeDecodeError) as err:
+        except (OSError, ValueError, TypeError, AttributeError, UnicodeDecodeError) as err:  # OSError: a folder there
             raise UserError(f"{path}: not a per-caption file bench wrote ({first_line(err)}); delete it and run the "
                             "suite again to rewrite it") from None
     return out
@@ -318,13 +349,16 @@ def markdown(df: pd.DataFrame, per_caption: dict | None = None, headline: bool =
     return "\n\n".join(parts) or "(no results)"
 
 
+LATEX_ESCAPES = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "_": "\\_", "#": "\\#", "$": "\\$", "{": "\\{",
+                 "}": "\\}", "^": "\\^{}", "~": "\\textasciitilde{}", "±": "$\\pm$", "‡": "$^\\ddagger$",
+                 "†": "$^\\dagger$", "–": "--", "·": "$\\cdot$", "√": "$\\surd$"}
+_LATEX_SPECIAL = re.compile("|".join(map(re.escape, LATEX_ESCAPES)))
+
+
 def escape_latex(text: str) -> str:
-    """Text for pdflatex without extra packages: its special characters escaped, our marks as math symbols."""
-    for a, b in (("\\", "\\textbackslash{}"), ("&", "\\&"), ("%", "\\%"), ("_", "\\_"), ("#", "\\#"),
-                 ("±", "$\\pm$"), ("‡", "$^\\ddagger$"), ("†", "$^\\dagger$"), ("–", "--"), ("·", "$\\cdot$"),
-                 ("√", "$\\surd$")):
-        text = text.replace(a, b)
-    return text
+    """Text for pdflatex without extra packages: its special characters escaped, our marks as math symbols (in one
+    pass, so what one replacement writes is never escaped again)."""
+    return _LATEX_SPECIAL.sub(lambda m: LATEX_ESCAPES[m.group()], text)
 
 
 def latex(df: pd.DataFrame, per_caption: dict | None = None) -> str:

@@ -58,17 +58,44 @@ def test_regression_fails_and_names_the_number(setup):
     assert result.exit_code == 1
     fails = [l for l in result.output.splitlines() if l.startswith("FAIL")]
     assert len(fails) == 1 and "attribute-accuracy/seen/all" in fails[0] and "0.71 vs baseline 0.81" in fails[0]
-    result = _run(setup, [0.81], [56.0])  # FD +12% > 10%
+    result = _run(setup, [0.81, 0.81], [56.0])  # FD +12% > 10%
     assert result.exit_code == 1 and "fd-effnet-lite0/blur=0" in result.output
 
 
-def test_a_nan_gated_number_fails(setup):
-    result = _run(setup, [float("nan")], [50.0])  # a metric that broke into NaN is no pass
-    assert result.exit_code == 1 and "FAIL  g  attribute-accuracy/seen/all: nan" in result.output
+@pytest.mark.parametrize("broken", [float("nan"), float("inf")])
+def test_a_non_finite_gated_number_on_any_seed_fails(setup, broken):
+    result = _run(setup, [broken, 0.81], [50.0])  # a metric that broke on one seed is no pass (nor an average)
+    assert result.exit_code == 1 and "FAIL  g  attribute-accuracy/seen/all: nan" in result.output, result.output
+
+
+def test_a_run_of_other_seeds_is_bad_input_not_a_pass(setup):
+    result = _run(setup, [0.81], [50.0])  # one seed of the baseline's two
+    assert result.exit_code == 2
+    assert "the run measured seed=[0] but the baseline seed=[0, 1]" in result.output, result.output
+
+
+@pytest.mark.parametrize("alias", ["NA", "null", "nan", "42"])
+def test_an_alias_that_reads_like_a_missing_value_or_a_number_is_compared(setup, alias):
+    for name in ("base.csv", "run/results.csv"):
+        df = _rows({(alias, "attribute-accuracy", "seen/all"): [0.80, 0.82], (alias, "fd-effnet-lite0", "blur=0"): [50.0]})
+        if name != "base.csv":
+            df["value"] = [0.5, 0.5, 50.0]  # accuracy regressed
+        df.to_csv(setup / name, index=False)
+    result = CliRunner().invoke(cli, ["compare", str(setup / "run"), str(setup / "base.csv")])
+    assert result.exit_code == 1, result.output
+    assert f"FAIL  {alias}  attribute-accuracy/seen/all: 0.5 vs baseline 0.81" in result.output, result.output
+
+
+@pytest.mark.parametrize("args, name", [(["", "BASE"], "RUN_DIR"), (["RUN", ""], "BASELINE_CSV"),
+                                        (["RUN", "BASE", "--tolerances", ""], "--tolerances")])
+def test_an_empty_path_is_refused_not_read_as_the_current_folder(setup, args, name):
+    args = [{"RUN": str(setup / "run"), "BASE": str(setup / "base.csv")}.get(a, a) for a in args]
+    result = CliRunner().invoke(cli, ["compare", *args])
+    assert result.exit_code == 2 and result.output.startswith(f"error: {name} '': name a"), result.output
 
 
 def test_a_gated_number_missing_from_the_run_fails(setup):
-    _rows({("g", "attribute-accuracy", "seen/all"): [0.81]}).to_csv(setup / "run" / "results.csv", index=False)
+    _rows({("g", "attribute-accuracy", "seen/all"): [0.81, 0.81]}).to_csv(setup / "run" / "results.csv", index=False)
     ok, table = compare_run(setup / "run", setup / "base.csv")
     assert not ok and "missing from the run" in table
 
@@ -77,7 +104,7 @@ def test_a_gated_number_missing_from_the_run_fails(setup):
                                       "fewer-captions"])
 def test_bad_input_exits_2(setup, breakage):
     run_dir = setup / "run"
-    _rows({("g", "attribute-accuracy", "seen/all"): [0.81], ("g", "fd-effnet-lite0", "blur=0"): [50.0]}).to_csv(
+    _rows({("g", "attribute-accuracy", "seen/all"): [0.81, 0.81], ("g", "fd-effnet-lite0", "blur=0"): [50.0]}).to_csv(
         run_dir / "results.csv", index=False)
     if breakage == "no-run":
         run_dir = setup / "nowhere"
@@ -194,19 +221,20 @@ def _report(run_dir, monkeypatch, capsys) -> tuple[int, str]:
     ("", "not a results CSV: the file is empty"),
     ("just,some\n1,2\n", "not a results table: missing columns ['citation', 'extra', 'metric'"),
     (None, "not a results table: value in data row 1 is 'abc', not a number"),
-    (None, "not a results table: n in data row 1 is blank, not a number"),
+    (None, "not a results table: n in data row 1 is blank, not a whole number"),
+    ("n=inf", "not a results table: n in data row 1 is inf, not a whole number"),
+    ("extra={not json", "not a results table: extra in data row 1 is '{not json', not a JSON object"),
+    ("extra=[1, 2]", "not a results table: extra in data row 1 is '[1, 2]', not a JSON object"),
 ])
 def test_report_on_a_bad_results_csv_is_one_line(setup, monkeypatch, capsys, content, message):
     path = setup / "run" / "results.csv"
-    if content is not None:
-        path.write_text(content)
-    else:
+    if content is None or "=" in content:
         df = _rows({("g", "attribute-accuracy", "seen/all"): [0.81]})
-        if "value" in message:
-            df["value"] = "abc"
-        else:
-            df["n"] = None
+        column, _, edit = (content or ("value=abc" if "value" in message else "n=")).partition("=")
+        df[column] = float(edit) if edit == "inf" else edit or None
         df.to_csv(path, index=False)
+    else:
+        path.write_text(content)
     code, out = _report(setup / "run", monkeypatch, capsys)
     assert code == 2 and out.strip().count("\n") == 0, out
     assert out.startswith(f"error: {path}: {message}"), out
@@ -251,3 +279,26 @@ def test_report_with_a_damaged_per_caption_file_is_one_line(setup, monkeypatch, 
     (run / "per_caption" / "g" / "seed0.json").write_text('{"3": {"clip-score": "high"}}')
     code, out = _report(run, monkeypatch, capsys)
     assert code == 2 and out.strip().count("\n") == 0 and "seed0.json: not a per-caption file bench wrote" in out, out
+
+
+@pytest.mark.parametrize("alias", ["NA", "42"])
+def test_report_shows_an_alias_that_reads_like_a_missing_value_or_a_number(setup, monkeypatch, capsys, alias):
+    _rows({(alias, "attribute-accuracy", "seen/all"): [0.81]}).to_csv(setup / "run" / "results.csv", index=False)
+    code, out = _report(setup / "run", monkeypatch, capsys)
+    assert code == 0 and f"| {alias} " in out, out
+
+
+def test_report_with_a_folder_where_a_per_caption_file_belongs_is_one_line(setup, monkeypatch, capsys):
+    run = setup / "run"
+    _rows({("g", "attribute-accuracy", "seen/all"): [0.81]}).to_csv(run / "results.csv", index=False)
+    (run / "per_caption" / "g" / "seed0.json").mkdir(parents=True)
+    code, out = _report(run, monkeypatch, capsys)
+    assert code == 2 and out.strip().count("\n") == 0 and "seed0.json: not a per-caption file" in out, out
+
+
+def test_paper_table_leaves_out_an_fd_variant_it_has_no_column_for(setup):
+    from bench.paper import paper_table
+
+    df = _rows({("g", "fd-effnet-lite0", "blur=0"): [50.0], ("g", "fd-effnet-lite0", "blur=x"): [51.0]})
+    table = paper_table(df, {})
+    assert "50" in table and "51" not in table

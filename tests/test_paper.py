@@ -207,3 +207,10 @@ def test_the_plain_latex_table_compiles_without_extra_packages(run):
     assert "[clip]" in components and "[clip]" not in systems and "modality-gap" not in systems
     assert "label" not in tex and "column" not in tex  # no pandas index/column-name header rows
     assert "CogView (reported) &  &" in systems  # its unmeasured cells empty, not NaN
+
+
+def test_latex_escapes_every_special_character_once():
+    from bench.results import escape_latex
+
+    assert escape_latex(r"n$^{x}~ a_b \ 95% & #1 ± †") == \
+        r"n\$\^{}\{x\}\textasciitilde{} a\_b \textbackslash{} 95\% \& \#1 $\pm$ $^\dagger$"
