@@ -39,6 +39,8 @@ def mscoco(root, split, with_train, base_url, check_counts, keep_archives, retri
     from bench.datasets.download import fetch_coco
 
     try:
+        if not root.strip():  # os.path.abspath('') would quietly mean the current folder
+            raise UserError(f"--root {root!r}: name a folder")
         fetch_coco(root, split=split, base_url=base_url, with_train=with_train, keep_archives=keep_archives,
                    check_counts=check_counts, progress=not quiet, timeout=timeout, retries=retries,
                    log=lambda line: click.echo(line, err=True))

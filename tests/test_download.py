@@ -1,6 +1,7 @@
 """Resumable download and `bench data mscoco`, against a local HTTP server on 127.0.0.1 (no network)."""
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -272,3 +273,162 @@ def test_mscoco_hints_keep_every_option_inside_the_backticks(tmp_path):
     assert commands.count("bench data mscoco --root DIR --split val2017") == 3
     assert commands.count("bench data mscoco --root DIR --split val2017 --with-train") == 1
     assert all(not re.search(r"`\s*--", line) for line in lines)  # no option after a closing backtick
+
+
+def mscoco(root, url, *extra):
+    return CliRunner().invoke(data, ["mscoco", "--root", str(root), "--base-url", url, "--quiet", "--timeout", "5",
+                                     *extra])
+
+
+def error_line(result) -> str:
+    """The one line a failed command printed (it must have exited 2 with one line and no traceback)."""
+    lines = [ln for ln in result.output.splitlines() if ln.strip() and not ln.startswith("fetching ")]
+    assert result.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), \
+        (result.output, result.exception)
+    return lines[0]
+
+
+def tree(folder) -> set[str]:
+    return {os.path.relpath(os.path.join(d, n), folder) for d, dirs, files in os.walk(folder) for n in files + dirs}
+
+
+@pytest.mark.parametrize("make_root", ["read_only", "parent_is_a_file", "name_too_long", "symlink_loop"])
+def test_root_that_cannot_be_made_is_one_line_and_creates_nothing(site, tmp_path, monkeypatch, make_root):
+    make_coco_archives(site.root, "val2014", n_images=4)
+    if make_root == "read_only":  # as root, chmod cannot make a folder read-only: a mount would
+        def read_only(name, *args, **kwargs):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), name)
+
+        monkeypatch.setattr(os, "makedirs", read_only)
+        root, reason = tmp_path / "coco", "Read-only file system"
+    elif make_root == "parent_is_a_file":
+        (tmp_path / "afile").write_text("mine")
+        root, reason = tmp_path / "afile" / "coco", "Not a directory"
+    elif make_root == "name_too_long":
+        root, reason = tmp_path / "new" / ("c" * 300), "File name too long"
+    else:
+        os.symlink("loop", tmp_path / "loop")
+        root, reason = tmp_path / "loop", "exists and is not a folder"
+    before = tree(tmp_path)
+    line = error_line(mscoco(root, site.url))
+    assert str(root) in line and line.endswith(reason) and site.requests == []
+    assert tree(tmp_path) == before  # not even the missing parent tmp_path/new
+
+
+@pytest.mark.parametrize("path, kind", [
+    ("downloads", "file"),
+    ("downloads/annotations_trainval2014.zip", "folder"),  # refused before any byte is fetched
+    ("downloads/val2014.zip.part", "folder"),
+    ("annotations", "file"),
+    ("val2014", "file"),  # found before annotations/ moves in
+    ("annotations/captions_val2014.json", "folder"),
+    ("val2014", "symlink_loop"),
+    (".bench-mscoco-val2014.json", "folder"),
+])
+def test_something_in_the_way_is_one_line_and_installs_nothing(site, tmp_path, path, kind):
+    make_coco_archives(site.root, "val2014", n_images=4)
+    root = tmp_path / "coco"
+    obstacle = root / path
+    obstacle.parent.mkdir(parents=True, exist_ok=True)
+    if kind == "file":
+        obstacle.write_text("mine")
+    elif kind == "folder":
+        obstacle.mkdir()
+    else:
+        os.symlink(obstacle.name, obstacle)
+    before = tree(root)
+    line = error_line(mscoco(root, site.url))
+    assert str(obstacle) in line and "network" not in line, line
+    # nothing moved into place, no marker: only complete archives were added, to be reused by the next run
+    assert before <= tree(root) <= before | {"downloads", "downloads/annotations_trainval2014.zip",
+                                             "downloads/val2014.zip"}
+    assert leftovers(root) == ([str(obstacle)] if path.endswith(".part") else [])
+    if path.startswith("downloads/annotations"):
+        assert site.requests == []
+
+
+def test_disk_full_while_unpacking_is_one_line_and_installs_nothing(site, tmp_path, monkeypatch):
+    make_coco_archives(site.root, "val2014", n_images=4)
+    root = tmp_path / "coco"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(zipfile.ZipFile, "extract", full)
+    line = error_line(mscoco(root, site.url))
+    assert line == f"error: {root}: No space left on device"
+    assert tree(root) == {"downloads", "downloads/annotations_trainval2014.zip", "downloads/val2014.zip"}
+    monkeypatch.undo()  # space freed: the same command finishes with the archives it has
+    n_requests = len(site.requests)
+    assert mscoco(root, site.url).exit_code == 0 and len(site.requests) == n_requests
+    assert len(os.listdir(root / "val2014")) == 4
+
+
+def rewrite_zip(path: str, change) -> None:
+    """Rewrite the zip at `path` with `change(members)` applied to its {name: bytes}."""
+    with zipfile.ZipFile(path) as z:
+        members = {n: z.read(n) for n in z.namelist()}
+    change(members)
+    with zipfile.ZipFile(path, "w") as z:
+        for n, b in members.items():
+            z.writestr(n, b)
+
+
+@pytest.mark.parametrize("breakage, archive", [
+    ("captions_not_json", "annotations_trainval2014.zip"),
+    ("captions_absent", "annotations_trainval2014.zip"),
+    ("image_missing", "val2014.zip"),
+    ("unsafe_member", "val2014.zip"),
+])
+def test_archive_that_fails_verification_is_deleted_and_named(site, tmp_path, breakage, archive):
+    make_coco_archives(site.root, "val2014", n_images=4)
+    annotations = os.path.join(site.root, "annotations", "annotations_trainval2014.zip")
+    images = os.path.join(site.root, "zips", "val2014.zip")
+    if breakage == "captions_not_json":
+        rewrite_zip(annotations, lambda m: m.update({"annotations/captions_val2014.json": b"garbage{"}))
+    elif breakage == "captions_absent":
+        rewrite_zip(annotations, lambda m: m.pop("annotations/captions_val2014.json"))
+    elif breakage == "image_missing":
+        rewrite_zip(images, lambda m: m.pop(sorted(m)[0]))
+    else:
+        rewrite_zip(images, lambda m: m.update({"val2014/../../escape.jpg": b"x"}))
+    root = tmp_path / "coco"
+    line = error_line(mscoco(root, site.url))
+    kept = os.path.join(root, "downloads", archive)
+    assert f"{kept}" in line and "deleted" in line and ".bench-unpack-" not in line, line
+    assert not os.path.exists(kept) and not (root / "val2014").exists() and not (root / "annotations").exists()
+    assert leftovers(root) == [] and not (tmp_path / "escape.jpg").exists()
+    make_coco_archives(site.root, "val2014", n_images=4)  # the site is repaired: the next run fetches it afresh
+    result = mscoco(root, site.url)
+    assert result.exit_code == 0, result.output
+    assert len(os.listdir(root / "val2014")) == 4
+
+
+@pytest.mark.parametrize("content", [b"garbage{", b"\xff\xfe\x00\x81binary", b"[1]"])
+def test_corrupt_marker_means_verify_again(site, tmp_path, content):
+    make_coco_archives(site.root, "val2014", n_images=4)
+    root = tmp_path / "coco"
+    assert mscoco(root, site.url).exit_code == 0
+    marker = root / ".bench-mscoco-val2014.json"
+    marker.write_bytes(content)
+    result = mscoco(root, site.url)
+    assert result.exit_code == 0 and "already verified" not in result.output, (result.output, result.exception)
+    assert json.loads(marker.read_text())["counts"]["val2014"]["images"] == 4 and leftovers(root) == []
+    assert "already verified" in mscoco(root, site.url).output
+
+
+@pytest.mark.parametrize("root", ["", "  "])
+def test_empty_root_is_refused(tmp_path, monkeypatch, root):
+    monkeypatch.chdir(tmp_path)
+    result = CliRunner().invoke(data, ["mscoco", "--root", root, "--base-url", "file:///nowhere", "--quiet"])
+    assert error_line(result) == f"error: --root {root!r}: name a folder"
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("base_url", ["http://[::1", "http://example.org:port/coco", "http://example.org:99999/"])
+def test_malformed_base_url_is_one_line(tmp_path, base_url):
+    root = tmp_path / "coco"
+    line = error_line(CliRunner().invoke(data, ["mscoco", "--root", str(root), "--base-url", base_url]))
+    assert line.startswith(f"error: base URL {base_url!r} is not a valid URL (") and not root.exists()
+    with pytest.raises(UserError, match="is not a valid URL"):
+        download(f"{base_url}/x.zip", str(tmp_path / "x.zip"), progress=False, retries=0)

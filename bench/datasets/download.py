@@ -7,7 +7,10 @@ member's CRC), unpacked into a temporary folder under the root, verified there
 (captions JSON structure, every listed image present, file counts; the official
 counts when the official site is used), and only then moved into place; the
 temporary folder is removed whatever happens. A marker file records a verified
-split so a second run does nothing.
+split so a second run does nothing. A complete archive that fails a check is
+deleted, so the next run downloads it afresh. Files or folders in the way are
+reported before anything moves into place, and filesystem errors (read-only,
+disk full, a file where a folder goes) become one-line UserErrors.
 """
 from __future__ import annotations
 
@@ -25,6 +28,7 @@ from pathlib import Path
 from typing import Callable
 
 from bench.api import UserError
+from reference.errors import first_line
 
 OFFICIAL_BASE_URL = "http://images.cocodataset.org"
 # counts of the official releases (images in the folder, images / annotations in captions_<split>.json)
@@ -46,7 +50,11 @@ def _progress(total: int | None, initial: int, desc: str, enabled: bool):
 
 def check_url(url: str, what: str = "URL") -> None:
     """UserError unless `url` is one urllib can fetch here: http(s)://HOST/... or file:///PATH."""
-    parts = urllib.parse.urlsplit(url)
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is no number or out of range
+    except ValueError as err:
+        raise UserError(f"{what} {url!r} is not a valid URL ({first_line(err)})") from None
     scheme = parts.scheme.lower()
     if (scheme in ("http", "https") and parts.hostname) or (scheme == "file" and parts.path):
         return
@@ -76,8 +84,11 @@ def download(url: str, dest: str, *, progress: bool = True, timeout: float = 60.
     if os.path.isfile(dest):
         return dest
     check_url(url)
-    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     part = dest + ".part"
+    for path in (dest, part):  # found only after the whole transfer otherwise
+        if os.path.isdir(path):
+            raise UserError(f"{path} is a folder, where the download of {url} goes: move it away")
+    os.makedirs(os.path.dirname(os.path.abspath(dest)), exist_ok=True)
     restarted = False
     attempt = 0
     while True:
@@ -170,6 +181,19 @@ def extract(path: str, into: str, keep: Callable[[str], bool] = lambda name: Tru
     return done
 
 
+def _in_the_way(src: str, dst: str) -> list[str]:
+    """Paths under dst that would stop _move_into_place(src, dst): no folder where one of src's folders goes,
+    or a folder where one of its files goes."""
+    if not os.path.lexists(dst):
+        return []
+    if not os.path.isdir(src):
+        return [dst] if os.path.isdir(dst) else []
+    if not os.path.isdir(dst):
+        return [dst]
+    return [p for name in sorted(os.listdir(src))
+            for p in _in_the_way(os.path.join(src, name), os.path.join(dst, name))]
+
+
 def _move_into_place(tmp: str, root: str) -> None:
     """Move tmp's top-level entries into root: whole new folders at once, else file by file."""
     for entry in sorted(os.listdir(tmp)):
@@ -186,29 +210,43 @@ def _move_into_place(tmp: str, root: str) -> None:
             os.replace(src, dst)
 
 
+class BadContent(UserError):
+    """Unpacked files fail verification; `source` is the archive they came from: "annotations" or the split."""
+
+    def __init__(self, message: str, source: str):
+        super().__init__(message)
+        self.source = source
+
+
 def verify_coco_split(folder_root: str, split: str, official: bool) -> dict:
-    """Check annotations/captions_<split>.json and <split>/ under folder_root; returns the counts."""
+    """Check annotations/captions_<split>.json and <split>/ under folder_root; returns the counts.
+
+    Content that is wrong raises BadContent (messages name paths relative to folder_root); counts that
+    differ from the official release raise a plain UserError.
+    """
     from bench.datasets.mscoco import check_captions_structure
 
-    ann_path = os.path.join(folder_root, "annotations", f"captions_{split}.json")
+    ann = f"annotations/captions_{split}.json"
     try:
-        with open(ann_path, encoding="utf-8") as f:
+        with open(os.path.join(folder_root, ann), encoding="utf-8") as f:
             data = json.load(f)
-    except (OSError, ValueError) as err:
-        raise UserError(f"cannot read {ann_path} as JSON ({err})") from None
+    except FileNotFoundError:
+        raise BadContent(f"{ann} is missing", "annotations") from None
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise BadContent(f"{ann} is not JSON ({first_line(err)})", "annotations") from None
     problem = check_captions_structure(data)
     if problem:
-        raise UserError(f"{ann_path} is not a COCO captions file: {problem}")
+        raise BadContent(f"{ann} is not a COCO captions file: {problem}", "annotations")
     image_dir = os.path.join(folder_root, split)
     on_disk = set(os.listdir(image_dir)) if os.path.isdir(image_dir) else set()
     listed = [im["file_name"] for im in data["images"]]
     absent = [n for n in listed if n not in on_disk]
     if absent:
-        raise UserError(f"{len(absent)} of the {len(listed)} images listed in captions_{split}.json are missing "
-                        f"from {split}/ (e.g. {absent[0]})")
+        raise BadContent(f"{len(absent)} of the {len(listed)} images listed in captions_{split}.json are missing "
+                         f"from {split}/ (e.g. {absent[0]})", split)
     jpegs = sum(1 for n in on_disk if n.lower().endswith((".jpg", ".jpeg")))
     if jpegs != len(listed):
-        raise UserError(f"{split}/ holds {jpegs} JPEGs but captions_{split}.json lists {len(listed)} images")
+        raise BadContent(f"{split}/ holds {jpegs} JPEGs but captions_{split}.json lists {len(listed)} images", split)
     counts = {"images": len(listed), "annotations": len(data["annotations"])}
     if official:
         expected = OFFICIAL_COUNTS[split]
@@ -218,13 +256,48 @@ def verify_coco_split(folder_root: str, split: str, official: bool) -> dict:
     return counts
 
 
+def _discard(archive: str, problem: str) -> UserError:
+    """Delete a complete archive that fails a check, so the next run downloads it afresh; the error to raise."""
+    os.remove(archive)
+    return UserError(f"{problem}; it was deleted, run the command again to download it afresh")
+
+
+def _missing_folders(path: str) -> list[str]:
+    """`path` and those of its parents that are no folders (yet), outermost first."""
+    missing = []
+    while not os.path.isdir(path) and os.path.dirname(path) != path:
+        missing.insert(0, path)
+        path = os.path.dirname(path)
+    return missing
+
+
+def _read_marker(marker: str) -> dict | None:
+    """What a marker file records; None when it is absent or unreadable (then the split is verified again)."""
+    try:
+        with open(marker, encoding="utf-8") as f:
+            recorded = json.load(f)
+    except (OSError, ValueError):  # ValueError: not JSON, or not UTF-8
+        return None
+    return recorded if isinstance(recorded, dict) else None
+
+
+def _os_error_line(err: OSError, root: str) -> str:
+    """One line for a filesystem error met while fetching into `root`."""
+    path = err.filename2 or err.filename or root  # a rename names its destination second
+    # os.makedirs(exist_ok=True) raises FileExistsError for a path that exists but is no folder
+    reason = "exists and is not a folder" if isinstance(err, FileExistsError) else err.strerror or first_line(err)
+    return f"{path}: {reason}"
+
+
 def fetch_coco(root: str, split: str = "val2014", base_url: str = OFFICIAL_BASE_URL, with_train: bool = False,
                keep_archives: bool = False, check_counts: bool | None = None, progress: bool = True,
                timeout: float = 60.0, retries: int = 3, log: Callable[[str], None] = print) -> dict:
     """Download, verify and unpack MS-COCO `split` (+ captions, + train images if asked) under `root`.
 
     check_counts=None means: compare with the official counts only when base_url is the official site.
-    Returns {"root", "split", "counts": {...}, "skipped": bool}.
+    Returns {"root", "split", "counts": {...}, "skipped": bool}. Every failure is a UserError; the
+    folders this call created go again unless they hold something (complete archives are kept for the
+    next run, and a .part to resume).
     """
     if split not in ("val2014", "val2017"):
         raise UserError(f"unknown MS-COCO split {split!r}; known: val2014, val2017")
@@ -233,54 +306,71 @@ def fetch_coco(root: str, split: str = "val2014", base_url: str = OFFICIAL_BASE_
     year = split[-4:]
     splits = [split] + ([f"train{year}"] if with_train else [])
     root = os.path.abspath(root)
-    made = [] if os.path.isdir(root) else [root]  # folders this call creates: removed again if a download fails
+    made = _missing_folders(os.path.join(root, "downloads"))  # folders this call may create
+    try:
+        return _fetch_coco(root, split, splits, base_url.rstrip("/"), official, keep_archives, progress, timeout,
+                           retries, log)
+    except BaseException as err:
+        for folder in reversed(made):  # only those still empty
+            try:
+                os.rmdir(folder)
+            except OSError:
+                pass
+        if isinstance(err, OSError):
+            raise UserError(_os_error_line(err, root)) from None
+        raise
+
+
+def _fetch_coco(root: str, split: str, splits: list[str], base: str, official: bool, keep_archives: bool,
+                progress: bool, timeout: float, retries: int, log: Callable[[str], None]) -> dict:
     os.makedirs(root, exist_ok=True)
     marker = os.path.join(root, f".bench-mscoco-{'+'.join(splits)}.json")
-    if os.path.isfile(marker) and all(os.path.isdir(os.path.join(root, s)) for s in splits):
-        with open(marker) as f:
-            recorded = json.load(f)
+    recorded = _read_marker(marker)
+    if recorded is not None and all(os.path.isdir(os.path.join(root, s)) for s in splits):
         log(f"MS-COCO {'+'.join(splits)} already verified under {root}")
         return {"root": root, "split": split, "counts": recorded.get("counts", {}), "skipped": True}
 
-    base = base_url.rstrip("/")
+    year = split[-4:]
     downloads = os.path.join(root, "downloads")
     archives = {"annotations": os.path.join(downloads, f"annotations_trainval{year}.zip")}
     urls = {"annotations": f"{base}/annotations/annotations_trainval{year}.zip"}
     for s in splits:
         archives[s] = os.path.join(downloads, f"{s}.zip")
         urls[s] = f"{base}/zips/{s}.zip"
-    if not os.path.isdir(downloads):
-        made.append(downloads)
-    try:
-        for key, dest in archives.items():
-            log(f"fetching {urls[key]}")
-            download(urls[key], dest, progress=progress, timeout=timeout, retries=retries)
-            try:
-                verify_zip(dest)
-            except UserError as err:
-                os.remove(dest)  # a complete but corrupt archive: the next run downloads it afresh
-                raise UserError(f"{err}; it was deleted, run the command again to download it afresh") from None
-    except BaseException:
-        for folder in reversed(made):  # only if still empty: a kept .part (to resume) keeps its folder
-            try:
-                os.rmdir(folder)
-            except OSError:
-                pass
-        raise
+    for key, dest in archives.items():
+        log(f"fetching {urls[key]}")
+        download(urls[key], dest, progress=progress, timeout=timeout, retries=retries)
+        try:
+            verify_zip(dest)
+        except UserError as err:
+            raise _discard(dest, str(err)) from None
 
+    wanted = {"annotations": lambda n: re.fullmatch(r"annotations/captions_\w+\.json", n) is not None}
+    wanted.update({s: (lambda n, s=s: n.startswith(f"{s}/")) for s in splits})
     tmp = tempfile.mkdtemp(prefix=".bench-unpack-", dir=root)
+    unpacked, ready_marker = os.path.join(tmp, "unpacked"), os.path.join(tmp, "marker.json")
     try:
-        extract(archives["annotations"], tmp, lambda n: re.fullmatch(r"annotations/captions_\w+\.json", n) is not None,
-                progress)
-        for s in splits:
-            extract(archives[s], tmp, lambda n, s=s: n.startswith(f"{s}/"), progress)
-        counts = {s: verify_coco_split(tmp, s, official) for s in splits}
-        _move_into_place(tmp, root)
+        for key, keep in wanted.items():
+            try:
+                extract(archives[key], unpacked, keep, progress)
+            except UserError as err:  # an unsafe member name
+                raise _discard(archives[key], str(err)) from None
+        try:
+            counts = {s: verify_coco_split(unpacked, s, official) for s in splits}
+        except BadContent as err:
+            raise _discard(archives[err.source], f"{archives[err.source]}: {err}") from None
+        with open(ready_marker, "w") as f:
+            json.dump({"splits": splits, "base_url": base, "counts": counts, "official_counts_checked": official},
+                      f, indent=1)
+        in_the_way = _in_the_way(unpacked, root) + ([marker] if os.path.isdir(marker) else [])
+        if in_the_way:
+            more = f" (and {len(in_the_way) - 1} more)" if len(in_the_way) > 1 else ""
+            raise UserError(f"{in_the_way[0]}{more} is in the way of the verified files, so nothing was moved into "
+                            f"place: move it away and run the command again (the downloads are kept)")
+        _move_into_place(unpacked, root)
+        os.replace(ready_marker, marker)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    with open(marker + ".tmp", "w") as f:
-        json.dump({"splits": splits, "base_url": base, "counts": counts, "official_counts_checked": official}, f, indent=1)
-    os.replace(marker + ".tmp", marker)
     if not keep_archives:
         for dest in archives.values():
             os.remove(dest)
