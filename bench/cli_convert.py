@@ -39,15 +39,22 @@ def convert(kind, src, dst, overrides, keep_discriminator) -> None:
     from bench.api import UserError
 
     try:
-        try:
-            from reference.loaders import convert as convert_checkpoint
+        from reference.loaders import OverrideError
+        from reference.loaders import convert as convert_checkpoint
 
-            extra = dict(_parse_override(o) for o in overrides)
+        try:
+            extra, given = {}, {}  # field -> value, field -> the --set text that gave it
+            for text in overrides:
+                key, value = _parse_override(text)
+                extra[key], given[key] = value, text
             if keep_discriminator:
                 extra["keep_discriminator"] = True
             out = convert_checkpoint(kind, src, dst, **extra)
-        except (ValueError, FileNotFoundError) as err:
-            raise UserError(first_line(err)) from None
+        except OverrideError as err:
+            raise UserError(f"--set {given[err.name]}: {err.reason}") from None
+        except (ValueError, OSError) as err:  # OSError: SRC unreadable, or DST cannot be written (read-only, full)
+            has_os_reason = isinstance(err, OSError) and err.filename and err.strerror
+            raise UserError(f"{err.filename}: {err.strerror}" if has_os_reason else first_line(err)) from None
     except UserError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)

@@ -13,7 +13,7 @@ whole recipe.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import Any, ClassVar
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class VQGANConfig:
     betas: tuple[float, float] = (0.5, 0.9)
     steps: int = 100_000
 
+    # int fields where 0 means "off" or "from the start"; every other int field is a size or a count (>= 1)
+    ZERO_MEANS_OFF: ClassVar[frozenset[str]] = frozenset({"restart_dead_every", "restart_dead_until", "gan_start"})
+
     def __post_init__(self):
         if self.lr_schedule not in ("cosine", "constant"):
             raise ValueError(f"lr_schedule must be 'cosine' or 'constant', got {self.lr_schedule!r}")
@@ -92,6 +95,9 @@ class GPTConfig:
     steps: int = 100_000
     noise: float = 0.0  # LAFITE-style Gaussian perturbation of the normalised embedding (0: off)
     clip_loss_weight: float = 0.0  # the paper's CLIP-embedding reconstruction loss (0: off, as in HFAiLab)
+
+    # int fields where 0 means "off"; every other int field is a size or a count (>= 1)
+    ZERO_MEANS_OFF: ClassVar[frozenset[str]] = frozenset({"warmup"})
 
     def __post_init__(self):
         if self.n_embd % self.n_head:

@@ -57,15 +57,19 @@ import hashlib
 import math
 import os
 import re
+import secrets
+import shutil
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, Iterator
+from types import UnionType
+from typing import Any, Iterator, Union, get_args, get_origin, get_type_hints
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from reference.configs import PAPER, GPTConfig, VQGANConfig
+from reference.errors import first_line
 from reference.safe_unpickle import safe_torch_load
 
 KINDS = ("hfailab-vqgan", "hfailab-gpt", "taming-vqgan", "checkpoint", "clip")
@@ -195,19 +199,78 @@ def _vqgan_config(path: str, ch: int, in_channels: int, level_widths: list[int],
         if w % ch:
             raise ValueError(f"{path}: encoder level width {w} is not a multiple of conv_in's {ch}")
         mult.append(w // ch)
-    grid = int(overrides.pop("grid", 16))
-    resolution = int(overrides.get("resolution", grid * 2 ** (len(mult) - 1)))
+    overrides = _checked_overrides(VQGANConfig, overrides, path, grid=int)  # grid: read as the resolution
+    grid = overrides.pop("grid", 16)
+    resolution = overrides.get("resolution", grid * 2 ** (len(mult) - 1))
     cfg = replace(base, resolution=resolution, in_channels=in_channels, ch=ch, ch_mult=tuple(mult),
                   num_res_blocks=res_per_level[0], attn_resolutions=tuple(resolution // 2 ** lv for lv in attn_levels),
                   z_channels=z_channels, embed_dim=embed_dim, codebook_size=codebook_size)
     return _apply_overrides(cfg, overrides, path)
 
 
-def _apply_overrides(cfg, overrides: dict, path: str):
-    known = {f.name for f in fields(cfg)}
-    bad = sorted(set(overrides) - known)
+class OverrideError(ValueError):
+    """A config override whose value the field cannot take; ``name``, ``value`` and ``reason`` for the caller's own
+    wording (the CLI names its ``--set`` argument)."""
+
+    def __init__(self, path: str, name: str, value: Any, reason: str):
+        super().__init__(f"{path}: override {name}={value!r}: {reason}")
+        self.name, self.value, self.reason = name, value, reason
+
+
+def _checked_overrides(cls, overrides: dict, path: str, **aliases: type) -> dict:
+    """The caller's overrides for a ``cls`` config, each checked against its field's type (bool is not an int, an
+    int is a float) and range (int sizes and counts >= 1, those in ``cls.ZERO_MEANS_OFF`` >= 0; floats finite and
+    >= 0); lists become tuples. ``aliases``: extra names the reader translates itself (VQGAN ``grid``)."""
+    hints = get_type_hints(cls)
+    types = {**{f.name: hints[f.name] for f in fields(cls)}, **aliases}
+    bad = sorted(set(overrides) - set(types))
     if bad:
-        raise ValueError(f"{path}: unknown {type(cfg).__name__} override(s) {bad}")
+        raise ValueError(f"{path}: unknown {cls.__name__} override(s) {bad}")
+    checked = {}
+    for name, value in overrides.items():
+        least = 0 if name in cls.ZERO_MEANS_OFF else 1
+        if not _fits(value, types[name], least):
+            raise OverrideError(path, name, value, f"{name} must be {_describe(types[name], least)}")
+        checked[name] = tuple(value) if isinstance(value, list) else value
+    return checked
+
+
+def _fits(value: Any, tp: Any, least: int = 1) -> bool:
+    """Whether ``value`` (a JSON value) is a ``tp``; ints at least ``least``, floats finite and >= 0."""
+    args = get_args(tp)
+    if get_origin(tp) in (Union, UnionType):
+        return any(_fits(value, a, least) for a in args)
+    if get_origin(tp) is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        elems = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        return len(elems) == len(value) and all(_fits(v, a) for v, a in zip(value, elems))
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= least
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
+    if tp is type(None):
+        return value is None
+    return isinstance(value, tp)  # bool, str
+
+
+def _describe(tp: Any, least: int = 1, plural: bool = False) -> str:
+    """What ``_fits`` wants, in words: 'an integer >= 1', 'a list of 2 numbers >= 0', 'a string or null'."""
+    args = get_args(tp)
+    if get_origin(tp) in (Union, UnionType):
+        return " or ".join(_describe(a, least, plural) for a in args)
+    if get_origin(tp) is tuple:
+        count = "" if args[-1] is Ellipsis else f"{len(args)} "
+        return f"a list of {count}{_describe(args[0], plural=True)}"
+    words = {int: ("an integer", "integers", f" >= {least}"), float: ("a number", "numbers", " >= 0"),
+             bool: ("true or false", "booleans", ""), str: ("a string", "strings", ""),
+             type(None): ("null", "nulls", "")}
+    one, many, bound = words.get(tp, (f"a {tp.__name__}", f"{tp.__name__} values", ""))
+    return (many if plural else one) + bound
+
+
+def _apply_overrides(cfg, overrides: dict, path: str):
+    """``cfg`` with ``overrides`` (already through ``_checked_overrides``); the config's own checks name the file."""
     try:
         return replace(cfg, **overrides)
     except ValueError as err:
@@ -445,15 +508,12 @@ def infer_hfailab_gpt_config(sd: dict[str, Tensor], path: str = "<state dict>", 
     if n_layer == 0:
         raise ValueError(f"{path}: missing key 'blocks.0.encoder.linear1.weight'")
     ffn = sd["blocks.0.encoder.linear1.weight"].shape[0]
-    overrides = dict(overrides)
-    n_head = overrides.pop("n_head", None)
-    if n_head is None:
-        if d % 64:
-            raise ValueError(f"{path}: width {d} is not a multiple of 64; give n_head explicitly")
-        n_head = d // 64
-    cfg = replace(PAPER.gpt, vocab_size=vocab, n_embd=d, n_head=n_head, n_pos=n_pos, grid=grid, cond_dim=cond_dim,
-                  ffn_dim=ffn, n_layer=n_layer, ln_eps=1e-5)
-    return _apply_overrides(cfg, overrides, path)
+    overrides = _checked_overrides(GPTConfig, overrides, path)
+    if "n_head" not in overrides and d % 64:
+        raise ValueError(f"{path}: width {d} is not a multiple of 64; give n_head explicitly")
+    inferred = dict(vocab_size=vocab, n_embd=d, n_head=d // 64, n_pos=n_pos, grid=grid, cond_dim=cond_dim,
+                    ffn_dim=ffn, n_layer=n_layer, ln_eps=1e-5)
+    return _apply_overrides(PAPER.gpt, {**inferred, **overrides}, path)
 
 
 def read_hfailab_gpt(obj: Any, path: str, **overrides):
@@ -610,6 +670,9 @@ def convert(kind: str, src: str | os.PathLike, dst: str | os.PathLike, **overrid
 
     config.json's meta records the source file, its sha256, the kind, the dropped keys and the ignored container
     entries; SHA256SUMS (``sha256sum -c`` format) covers model.safetensors and config.json.
+    ``dst`` must be a new folder or an empty one (else ValueError, before the source is read); the folder is written
+    beside it under a temporary name and renamed into place, so a failure leaves nothing behind (a write failure is
+    an OSError naming ``dst``).
     """
     from reference.checkpoint import save_checkpoint
 
@@ -620,9 +683,7 @@ def convert(kind: str, src: str | os.PathLike, dst: str | os.PathLike, **overrid
     src = os.fspath(src)
     if not os.path.isfile(src):
         raise FileNotFoundError(f"checkpoint not found: {src}")
-    dst_path = Path(dst)
-    if dst_path.exists() and not dst_path.is_dir():
-        raise ValueError(f"{dst_path}: exists and is not a folder")
+    dst_path = _check_dst(dst)
     model, report = build_foreign(kind, src, **overrides)
     dropped = sorted(report.dropped)
     meta = {"converted_from": {"kind": kind, "path": os.path.abspath(src), "sha256": sha256_file(src),
@@ -632,9 +693,56 @@ def convert(kind: str, src: str | os.PathLike, dst: str | os.PathLike, **overrid
     if "discriminator" in meta["converted_from"]["dropped_prefixes"]:
         meta["converted_from"]["note"] = "discriminator freshly initialised (dropped from the source)"
     model_type = "gpt" if kind == "hfailab-gpt" else "vqgan"
-    save_checkpoint(dst_path, model, model_type, meta=meta)
-    write_sums(dst_path)
+
+    def write(folder: Path) -> None:
+        save_checkpoint(folder, model, model_type, meta=meta)
+        write_sums(folder)
+
+    _write_folder(dst_path, write)
     return dst_path
+
+
+def _check_dst(dst: str | os.PathLike) -> Path:
+    """``dst`` as a Path, refused (ValueError, one line) unless it is a new folder or an empty one under folders."""
+    if not os.fspath(dst):
+        raise ValueError("DST '': name a folder")
+    path = Path(dst)
+    if os.path.lexists(path):
+        if path.is_symlink() or not path.is_dir():  # a symlink, even to a folder, would be replaced, not written into
+            raise ValueError(f"{path}: exists and is not a folder")
+        if any(path.iterdir()):
+            raise ValueError(f"{path}: exists and is not empty: choose a new folder or delete it")
+    above = next(p for p in path.parents if os.path.lexists(p))
+    if not above.is_dir():
+        raise ValueError(f"{path}: {above} is not a folder")
+    return path
+
+
+def _write_folder(dst: Path, write) -> None:
+    """``write(folder)`` into a fresh hidden folder beside ``dst``, renamed to ``dst`` once complete. On any failure
+    the temporary folder (and any parent folder made for it) is removed and nothing is left at ``dst``; a failure to
+    write (read-only, full disk, ...) is an OSError naming ``dst``."""
+    from safetensors import SafetensorError
+
+    made = [p for p in dst.parents if not os.path.lexists(p)]  # deepest first
+    tmp = None
+    try:
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        fresh = dst.parent / f".{dst.name}.tmp-{secrets.token_hex(4)}"
+        fresh.mkdir()  # not tempfile.mkdtemp: its mode 0700 would become dst's
+        tmp = fresh
+        write(tmp)
+        os.replace(tmp, dst)
+    except BaseException as err:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        for folder in made:
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        if isinstance(err, (OSError, SafetensorError)):
+            reason = err.strerror if isinstance(err, OSError) and err.strerror else first_line(err)
+            raise OSError(f"{dst}: cannot write the converted checkpoint: {reason}") from None
+        raise
 
 
 def write_sums(folder: Path) -> None:

@@ -148,3 +148,126 @@ def test_cli_auto_lists_the_kinds_convert_accepts(tmp_path):
     listed = r.output.strip().rpartition("one of ")[2].split(", ")
     assert listed == [k for k in KIND_CHOICES if k != "auto"], r.output
     assert not (tmp_path / "x").exists()
+
+
+def _one_error_line(r, *parts):
+    assert r.exit_code == 2, r.output
+    lines = [ln for ln in r.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
+    for p in parts:
+        assert p in lines[0], lines[0]
+
+
+def test_cli_convert_writes_no_temporary_folder_and_keeps_the_usual_mode(tmp_path):
+    src = tmp_path / "gpt_coco.pt"
+    _save_ref_gpt(src)
+    (tmp_path / "out").mkdir()  # an existing empty folder is fine
+    for name in ("out", "new/deeper"):
+        r = CliRunner().invoke(convert_cmd, ["hfailab-gpt", str(src), str(tmp_path / name)])
+        assert r.exit_code == 0, r.output
+        assert {p.name for p in (tmp_path / name).iterdir()} == {"model.safetensors", "config.json", "SHA256SUMS"}
+        verify_sums(tmp_path / name)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt_coco.pt", "new", "out"]  # no temporary folder
+    assert [p.name for p in (tmp_path / "new").iterdir()] == ["deeper"]
+    (tmp_path / "plain").mkdir()
+    assert (tmp_path / "new" / "deeper").stat().st_mode == (tmp_path / "plain").stat().st_mode
+
+
+def test_cli_convert_refuses_an_empty_dst_name(tmp_path, monkeypatch):
+    src = tmp_path / "gpt_coco.pt"
+    _save_ref_gpt(src)
+    work = tmp_path / "cwd"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    _one_error_line(CliRunner().invoke(convert_cmd, ["hfailab-gpt", str(src), ""]), "DST ''", "name a folder")
+    assert list(work.iterdir()) == []  # not written into the current folder
+
+
+def test_cli_convert_refuses_a_non_empty_dst(tmp_path):
+    src = tmp_path / "gpt_coco.pt"
+    _save_ref_gpt(src)
+    used = tmp_path / "used"
+    used.mkdir()
+    (used / "config.json").write_text("mine")
+    _one_error_line(CliRunner().invoke(convert_cmd, ["hfailab-gpt", str(src), str(used)]),
+                    str(used), "exists and is not empty")
+    assert [p.name for p in used.iterdir()] == ["config.json"] and (used / "config.json").read_text() == "mine"
+
+
+@pytest.mark.parametrize("dst, why", [
+    ("afile/out", "afile is not a folder"),  # the parent is a regular file
+    ("afile/a/b", "afile is not a folder"),
+    ("loop", "exists and is not a folder"),  # a symlink loop
+])
+def test_cli_convert_dst_that_cannot_be_made_is_one_line(tmp_path, dst, why):
+    src = tmp_path / "gpt_coco.pt"
+    _save_ref_gpt(src)
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "loop").symlink_to("loop")
+    before = sorted(p.name for p in tmp_path.iterdir())
+    r = CliRunner().invoke(convert_cmd, ["hfailab-gpt", str(src), str(tmp_path / dst)])
+    _one_error_line(r, str(tmp_path / dst), why)
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (tmp_path / "afile").read_text() == "x"
+
+
+@pytest.mark.parametrize("error", [
+    OSError(28, "No space left on device"),
+    OSError(30, "Read-only file system"),
+    "safetensors",
+])
+def test_cli_convert_failed_write_leaves_nothing(tmp_path, monkeypatch, error):
+    import reference.checkpoint
+    from safetensors import SafetensorError
+
+    if error == "safetensors":
+        error = SafetensorError("Error while serializing: No space left on device")
+    reason = error.strerror if isinstance(error, OSError) else "No space left on device"
+    real_save = reference.checkpoint.save_file
+
+    def half_then_fail(state, path):  # part of the file lands, then the disk is full / read-only
+        real_save(state, path)
+        Path(path).write_bytes(Path(path).read_bytes()[:100])
+        raise error
+
+    monkeypatch.setattr(reference.checkpoint, "save_file", half_then_fail)
+    src = tmp_path / "gpt_coco.pt"
+    _save_ref_gpt(src)
+    dst = tmp_path / "made" / "for" / "dst"
+    _one_error_line(CliRunner().invoke(convert_cmd, ["hfailab-gpt", str(src), str(dst)]), str(dst), reason)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpt_coco.pt"]  # no DST, temp folder or made parents
+
+    (tmp_path / "empty").mkdir()  # an existing empty DST stays as it was
+    _one_error_line(CliRunner().invoke(convert_cmd, ["hfailab-gpt", str(src), str(tmp_path / "empty")]), reason)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "gpt_coco.pt"]
+    assert list((tmp_path / "empty").iterdir()) == []
+
+
+@pytest.mark.parametrize("text, wants", [
+    ("n_head=abc", "n_head must be an integer >= 1"),
+    ('n_head="2"', "n_head must be an integer >= 1"),
+    ("n_head=[1]", "n_head must be an integer >= 1"),
+    ("n_head=0", "n_head must be an integer >= 1"),
+    ("n_head=-1", "n_head must be an integer >= 1"),
+    ("n_head=true", "n_head must be an integer >= 1"),
+    ("dropout=x", "dropout must be a number >= 0"),
+    ("betas=[0.9]", "betas must be a list of 2 numbers >= 0"),
+    ("decode_backend=3", "decode_backend must be a string"),
+])
+def test_cli_set_values_are_type_checked(tmp_path, text, wants):
+    src = tmp_path / "gpt_coco.pt"
+    _save_ref_gpt(src)
+    r = CliRunner().invoke(convert_cmd, ["hfailab-gpt", str(src), str(tmp_path / "x"), "--set", text])
+    _one_error_line(r, f"--set {text}: {wants}")
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_set_accepts_well_typed_values(tmp_path):
+    src = tmp_path / "gpt_coco.pt"
+    _save_ref_gpt(src)  # n_embd 128
+    r = CliRunner().invoke(convert_cmd, ["hfailab-gpt", str(src), str(tmp_path / "x"), "--set", "n_head=4",
+                                         "--set", "dropout=0", "--set", "warmup=0", "--set", "betas=[0.8, 0.9]"])
+    assert r.exit_code == 0, r.output
+    cfg = read_config(tmp_path / "x")[1]
+    assert (cfg.n_head, cfg.dropout, cfg.warmup, cfg.betas) == (4, 0, 0, (0.8, 0.9))
+    load_converted(tmp_path / "x")

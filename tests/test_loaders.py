@@ -531,3 +531,35 @@ def test_unknown_file_names_the_kinds_the_caller_accepts(tmp_path):
     with pytest.raises(ValueError, match=r"give it: one of hfailab-vqgan, hfailab-gpt, taming-vqgan$"):
         convert_checkpoint("auto", path, tmp_path / "out")  # convert only these
     assert not (tmp_path / "out").exists()
+
+
+def test_overrides_are_checked_against_the_config_field_types(tmp_path):
+    from reference.loaders import OverrideError
+
+    path = tmp_path / "gpt.pt"
+    _save_ref_gpt(path)  # n_embd 128
+    for value in (-1, 0, True, "2", [1], 2.0):
+        with pytest.raises(OverrideError, match=r"n_head must be an integer >= 1$") as e:
+            load_pretrained("hfailab-gpt", path, n_head=value)
+        _one_line_error(e, path, f"n_head={value!r}")
+        assert isinstance(e.value, ValueError) and (e.value.name, e.value.value) == ("n_head", value)
+    with pytest.raises(OverrideError, match=r"ln_eps must be a number >= 0$"):
+        load_pretrained("hfailab-gpt", path, ln_eps=float("nan"))
+    with pytest.raises(ValueError, match="not divisible by n_head=3") as e:  # the config's own check, naming the file
+        load_pretrained("hfailab-gpt", path, n_head=3)
+    _one_line_error(e, path)
+    gpt = load_pretrained("hfailab-gpt", path, n_head=4, dropout=0, warmup=0, betas=[0.8, 0.9])
+    assert (gpt.cfg.n_head, gpt.cfg.betas) == (4, (0.8, 0.9))  # an int for a float field; a list for a tuple
+
+    _, sd = _small_vqgan_state()
+    vq = tmp_path / "vqgan_coco.pt"
+    torch.save({"model": sd}, vq)
+    for name, value, wants in (("grid", 0, "an integer >= 1"), ("grid", "2", "an integer >= 1"),
+                               ("norm_groups", True, "an integer >= 1"), ("l2_codes", 1, "true or false"),
+                               ("attn_resolutions", [2, -2], "a list of integers >= 1"),
+                               ("perceptual_path", 3, "a string or null"),
+                               ("restart_dead_every", -1, "an integer >= 0")):
+        with pytest.raises(OverrideError, match=f"{name} must be {re.escape(wants)}"):
+            load_pretrained("hfailab-vqgan", vq, **{"norm_groups": 4, "grid": 2, name: value})
+    model = load_pretrained("hfailab-vqgan", vq, norm_groups=4, grid=2, attn_resolutions=[2], restart_dead_every=0)
+    assert model.cfg.attn_resolutions == (2,)
