@@ -461,6 +461,13 @@ def _describe(value: Any) -> str:
 TOP_KEYS = ("suite", "version", "description", "dataset", "generation", "components", "systems", "metrics", "reported")
 
 
+def _section(data: dict, key: str, empty: Any) -> Any:
+    """A top-level section as written; `empty` only when it is absent or null (an empty list where a mapping belongs
+    is a mistake the caller reports, not "none")."""
+    value = data.get(key)
+    return empty if value is None else value
+
+
 def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) -> Suite:
     path = Path(path)
     loc = _Located()
@@ -485,7 +492,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
     _check_seeds(c, generation.seeds, ("generation", "seeds"))
 
     components: dict[str, ComponentSpec] = {}
-    raw_components = {} if data.get("components") is None else data["components"]
+    raw_components = _section(data, "components", {})
     if not isinstance(raw_components, dict):
         c.fail(("components",), f"expected a mapping of name -> component, got {_describe(raw_components)}")
     for name, spec in raw_components.items():
@@ -507,7 +514,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
             components[name] = ComponentSpec(name, kind, None, train)
 
     systems: list[SystemSpec] = []
-    raw_systems = [] if data.get("systems") is None else data["systems"]
+    raw_systems = _section(data, "systems", [])
     if not isinstance(raw_systems, list):
         c.fail(("systems",), f"expected a list of systems, got {_describe(raw_systems)}")
     aliases: set[str] = set()
@@ -531,7 +538,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         c.fail(("systems",), "the suite declares no systems")
 
     metrics: list[MetricSpec] = []
-    raw_metrics = [] if data.get("metrics") is None else data["metrics"]
+    raw_metrics = _section(data, "metrics", [])
     if not isinstance(raw_metrics, list):
         c.fail(("metrics",), f"expected a list of metrics, got {_describe(raw_metrics)}")
     for i, entry in enumerate(raw_metrics):
@@ -541,7 +548,7 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
         metrics.append(MetricSpec(name, c.dataclass_from(METRICS.get(name).args, entry.get("args"), p + ("args",),
                                                          f"metric {name}")))
 
-    reported = _reported(c, [] if data.get("reported") is None else data["reported"])
+    reported = _reported(c, _section(data, "reported", []))
 
     # references between sections: components by kind, systems by alias
     for i, s in enumerate(systems):
