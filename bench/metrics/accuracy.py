@@ -18,6 +18,7 @@ from bench.api import MetricValue, RunContext, SampleBatch, UserError
 from bench.metrics.stats import StreamingMetric
 from bench.registry import METRICS
 
+
 @dataclass(frozen=True)
 class AccuracyArgs:
     judge: str = field(default="judge", metadata={"component": "attribute-judge", "help": "the judge component"})
