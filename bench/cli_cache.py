@@ -89,7 +89,7 @@ def prune(days, everything, incomplete, kind, dry_run, yes) -> None:
         if days is None and not everything and not incomplete:
             raise UserError("say what to prune: --unused-for DAYS, --all or --incomplete")
         root, entries = _scan(kind)
-        if not (yes or dry_run or sys.stdin.isatty()):
+        if not (yes or dry_run or _interactive()):
             raise UserError("stdin is not a terminal to confirm on: pass --yes (or see what would go with --dry-run)")
 
         def selected(e: Entry) -> bool:
@@ -112,7 +112,9 @@ def prune(days, everything, incomplete, kind, dry_run, yes) -> None:
         if not yes:
             for line in lines:
                 click.echo(f"remove  {line}")
-            click.confirm(f"remove these {len(chosen)} entries ({total})?", abort=True)
+            if not _confirm(f"remove these {len(chosen)} entries ({total})?"):
+                click.echo("not confirmed: nothing removed", err=True)
+                sys.exit(1)
         freed = 0
         for entry, line in zip(chosen, lines):
             try:  # looked at again: a run may have used it (or written to a temp folder) since the scan or the prompt
@@ -129,6 +131,21 @@ def prune(days, everything, incomplete, kind, dry_run, yes) -> None:
         click.echo(f"freed {_human(freed)}")
     except UserError as err:
         fail(str(err))
+
+
+def _interactive() -> bool:
+    return sys.stdin.isatty()
+
+
+def _confirm(question: str) -> bool:
+    """Ask on the terminal; y or yes is a yes. Not click.confirm: it turns Ctrl-C into a plain "Aborted!" and status 1,
+    where bench reports an interrupt as one (bench.cli, status 130)."""
+    click.echo(f"{question} [y/N]: ", nl=False)
+    try:
+        answer = input()
+    except EOFError:
+        answer = ""
+    return answer.strip().lower() in ("y", "yes")
 
 
 def _scan(kind: str | None) -> tuple[Path, list[Entry]]:

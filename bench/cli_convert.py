@@ -46,6 +46,8 @@ def convert(kind, src, dst, overrides, keep_discriminator) -> None:
             extra, given = {}, {}  # field -> value, field -> the --set text that gave it
             for text in overrides:
                 key, value = _parse_override(text)
+                if key == "keep_discriminator":  # a reader's switch, not a config field the --set check knows
+                    raise UserError(f"--set {text}: use the --keep-discriminator flag")
                 extra[key], given[key] = value, text
             if keep_discriminator:
                 extra["keep_discriminator"] = True

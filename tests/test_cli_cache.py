@@ -374,3 +374,30 @@ def test_a_cache_folder_under_an_unknown_home_is_one_line(tmp_path):
     result = bench_cache(Path("~nosuchuser-clipgen/cache"), "ls")
     assert result.exit_code == 2 and result.output.startswith("error: BENCH_CACHE='~nosuchuser-clipgen/cache'"), \
         result.output
+
+
+@pytest.mark.parametrize("answer, removed", [("n\n", False), ("\n", False), ("yes\n", True)])
+def test_prune_asks_on_a_terminal_and_only_yes_removes(filled, monkeypatch, answer, removed):
+    monkeypatch.setattr("bench.cli_cache._interactive", lambda: True)
+    result = CliRunner().invoke(cache, ["prune", "--all", "--kind", "clip"], input=answer,
+                                env={"BENCH_CACHE": str(filled)})
+    assert "remove these 2 entries" in result.output
+    assert result.exit_code == (0 if removed else 1), result.output
+    assert (filled / "clip" / ("a" * 20)).exists() is not removed
+    if not removed:
+        assert "not confirmed: nothing removed" in result.output
+
+
+def test_ctrl_c_at_the_prune_prompt_is_an_interrupt(filled, monkeypatch):
+    from bench.cli import _BenchGroup
+
+    def ctrl_c():
+        raise KeyboardInterrupt
+
+    group = _BenchGroup()
+    group.add_command(cache)
+    monkeypatch.setattr("bench.cli_cache._interactive", lambda: True)
+    monkeypatch.setattr("builtins.input", ctrl_c)
+    result = CliRunner().invoke(group, ["cache", "prune", "--all"], env={"BENCH_CACHE": str(filled)})
+    assert result.exit_code == 130 and "interrupted (SIGINT)" in result.output, result.output
+    assert (filled / "clip" / ("a" * 20)).exists()

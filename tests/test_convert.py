@@ -253,6 +253,7 @@ def test_cli_convert_failed_write_leaves_nothing(tmp_path, monkeypatch, error):
     ("dropout=x", "dropout must be a number >= 0"),
     ("betas=[0.9]", "betas must be a list of 2 numbers >= 0"),
     ("decode_backend=3", "decode_backend must be a string"),
+    ("keep_discriminator=abc", "use the --keep-discriminator flag"),
 ])
 def test_cli_set_values_are_type_checked(tmp_path, text, wants):
     src = tmp_path / "gpt_coco.pt"
