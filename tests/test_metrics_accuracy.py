@@ -119,3 +119,16 @@ def test_judge_on_real_follows_the_eval_captions_not_only_the_identity(tmp_path)
     assert small.identity() == large.identity()
     assert len(judge_on_real(judge, make_ctx(small, tmp_path))["all"]) == 4
     assert len(judge_on_real(judge, make_ctx(large, tmp_path))["all"]) == 12
+
+
+def test_a_caption_generated_twice_gets_the_mean_of_its_images(tmp_path):
+    info = {"colour": "red", "size": "small", "split": "seen"}
+    items = [CaptionItem(5, "cap", info)]
+    real = render("red", "small")[None]
+    gen = torch.stack([render("red", "small"), render("green", "small"), render("red", "small")])  # right, wrong, right
+    ctx = make_ctx(TensorDataset(real, items=items, real=real, attributes=ATTRS), tmp_path,
+                   components={"j": PixelJudge()})
+    metric = build_attribute_accuracy(AccuracyArgs(judge="j"))
+    metric.update(SampleBatch(gen, ["cap"] * 3, [5, 5, 5], [info] * 3))
+    metric.compute(ctx)
+    assert ctx.per_caption[5]["attribute-accuracy"] == pytest.approx(2 / 3)

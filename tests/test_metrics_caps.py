@@ -75,3 +75,14 @@ def test_caps_rows_say_what_share_of_the_caption_tokens_was_outside_the_captione
     assert rows[("caps", "seen")].extra["unknown_tokens_left_out"] == 0.0  # a, b, c: known; 5 tokens with EOT
     assert rows[("caploss", "held-out")].extra["unknown_tokens_left_out"] == pytest.approx(4 / 6)  # d e f g of 6
     assert rows[("caps", "all")].extra["unknown_tokens_left_out"] == pytest.approx(4 / 11)
+
+
+def test_a_caption_generated_twice_gets_the_mean_of_its_images(tmp_path):
+    """Two images of one caption (two candidates, or a run with repeated ids): its per-caption value, which the
+    bootstrap intervals and paired claims resample, is their mean, not the first or the last."""
+    images = torch.stack([torch.full((3, 8, 8), 250, dtype=torch.uint8), torch.full((3, 8, 8), 5, dtype=torch.uint8)])
+    ctx = make_ctx(TensorDataset(images), tmp_path, components={"cap": ToyCaptioner()})
+    metric = build_caps(CapsArgs(captioner="cap"))
+    metric.update(SampleBatch(images, ["a b", "a b"], [7, 7], [{}, {}]))
+    metric.compute(ctx)
+    assert ctx.per_caption[7]["caps"] == pytest.approx((0.5 + 0.25) / 2)

@@ -1,6 +1,7 @@
 """clip-score against a direct open_clip computation, with a tiny random-weight open_clip model."""
 from __future__ import annotations
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -39,12 +40,25 @@ def tiny_clip():
     return OpenClipAdapter(model)
 
 
-def test_clip_score_equals_direct_open_clip(tiny_clip, tmp_path):
+class UnnormalisedAdapter(OpenClipAdapter):
+    """A plugin CLIP whose embeddings are not unit vectors (each image's scaled differently): the score is cosine."""
+
+    def encode_image(self, images):
+        out = super().encode_image(images)
+        return out * torch.arange(1, len(out) + 1, dtype=out.dtype)[:, None]
+
+    def encode_text(self, captions):
+        return 7 * super().encode_text(captions)
+
+
+@pytest.mark.parametrize("unit", [True, False])
+def test_clip_score_equals_direct_open_clip(tiny_clip, tmp_path, unit):
     g = torch.Generator().manual_seed(1)
     images = torch.randint(0, 256, (10, 3, 24, 24), generator=g, dtype=torch.uint8)
     captions = [f"a {c} thing number {i}" for i, c in enumerate(["red", "blue"] * 5)]
     ids = [0, 1, 2, 3, 4, 0, 1, 2, 3, 4]  # each caption id seen twice
-    ctx = make_ctx(TensorDataset(images), tmp_path, components={"ev": tiny_clip})
+    evaluator = tiny_clip if unit else UnnormalisedAdapter(tiny_clip.model)
+    ctx = make_ctx(TensorDataset(images), tmp_path, components={"ev": evaluator})
     metric = build_clip_score(ClipScoreArgs(clip="ev", batch_size=3))
     metric.update(SampleBatch(images[:6], captions[:6], ids[:6], [{}] * 6))
     metric.update(SampleBatch(images[6:], captions[6:], ids[6:], [{}] * 4))
@@ -59,6 +73,7 @@ def test_clip_score_equals_direct_open_clip(tiny_clip, tmp_path):
     assert (cos < 0).any() and (cos > 0).any()  # the clamp at 0 is exercised
     assert row.metric == "clip-score" and row.n == 10
     assert row.value == pytest.approx(float(per_image.mean()), rel=1e-5)
+    assert row.extra["std"] == pytest.approx(float(np.std(per_image.numpy())), rel=1e-5)  # over images, ddof 0
     assert row.extra["evaluator_used_by_system"] is False
     assert ctx.per_caption[0]["clip-score"] == pytest.approx(float((per_image[0] + per_image[5]) / 2), rel=1e-5)
 

@@ -243,3 +243,30 @@ def test_bench_run_asks_the_fd_and_kid_factories_for_missing_weights(tmp_path):
         f"  - {{name: kid, args: {{features: inception-v3-compat, feature_extractor_weights_path: {kid_weights}}}}}\n")
     problems = check_resources(load_suite(tmp_path / "s.yaml"))
     assert len(problems) == 2 and str(fd_weights) in problems[0] and str(kid_weights) in problems[1], problems
+
+
+def test_a_set_against_itself_is_never_below_zero():
+    """Rounding makes tr(S) + tr(S) - 2 tr sqrt(S S) a little negative for a low-rank S (seen: -9e-10 here): the
+    distance is 0, not a negative number a table would print as -0.000."""
+    rng = np.random.default_rng(0)
+    factor = rng.standard_normal((64, 8))
+    s = factor @ factor.T + 1e-12 * np.eye(64)
+    mu = rng.standard_normal(64)
+    raw = 2 * np.trace(s) - 2 * trace_sqrt_product(s, s)
+    assert raw < 0  # the case the clamp is for
+    assert frechet_distance(mu, s, mu, s) == 0.0
+
+
+def test_the_mean_term_is_float64_even_from_float32_means():
+    """Features near 1e4 that differ by 1e-3 (float32 cannot hold that difference): |mu1 - mu2|^2 in float64."""
+    d = 8
+    mu1 = np.full(d, 1e4)
+    mu2 = mu1 + 1e-3
+    expected = d * (mu2[0] - mu1[0]) ** 2  # S1 = S2 = I: the trace terms cancel
+    assert frechet_distance(mu1, np.eye(d), mu2, np.eye(d)) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("n, flagged", [(16, True), (17, False)])  # PixelClip features are 16-d
+def test_rank_deficient_is_flagged_up_to_n_equal_to_the_feature_dimension(tmp_path, n, flagged):
+    (row,) = run_fd(FDArgs(features="clip", clip="ev"), clip_ctx(tmp_path, noise(n, 8)), shapes_like(n, 9))
+    assert row.extra.get("rank_deficient", False) is flagged

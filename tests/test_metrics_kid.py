@@ -121,3 +121,22 @@ def test_fd_and_kid_of_one_system_and_seed_extract_each_batch_once(tmp_path):
     assert kid_rows[0].value == pytest.approx(alone.compute(make_ctx(TensorDataset(ref), tmp_path,
                                                                      components={"ev": PixelClip()}))[0].value, rel=1e-9)
     assert len(fd_rows) == 2
+
+
+def test_kid_metric_passes_its_subset_size_and_seed_on(tmp_path):
+    g = torch.Generator().manual_seed(1)
+    gen = torch.randint(0, 256, (30, 3, 16, 16), generator=g, dtype=torch.uint8)
+    ref = torch.randint(0, 128, (24, 3, 16, 16), generator=g, dtype=torch.uint8)
+    clip = PixelClip()
+
+    def row(seed: int):
+        metric = build_kid(KIDArgs(features="clip", clip="ev", blur=[0], subsets=5, subset_size=10, seed=seed))
+        metric.update(SampleBatch(gen, ["c"] * 30, list(range(30)), [{}] * 30))
+        (out,) = metric.compute(make_ctx(TensorDataset(ref), tmp_path, components={"ev": PixelClip()}))
+        return out
+
+    first = row(3)
+    expected, std, _, _ = kernel_distance(clip.encode_image(gen).numpy(), clip.encode_image(ref).numpy(), 5, 10, 3)
+    assert first.value == pytest.approx(expected, rel=1e-12) and first.extra["kid_std"] == pytest.approx(std)
+    assert first.extra["subset_size"] == 10
+    assert row(4).value != pytest.approx(first.value, rel=1e-9)  # another seed draws other subsets
