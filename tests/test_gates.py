@@ -74,6 +74,43 @@ def test_a_run_of_other_seeds_is_bad_input_not_a_pass(setup):
     assert "the run measured seed=[0] but the baseline seed=[0, 1]" in result.output, result.output
 
 
+def _compare(tmp_path, base: dict, run: dict, tolerances: str):
+    _rows(base).to_csv(tmp_path / "base.csv", index=False)
+    _rows(run).to_csv(tmp_path / "run" / "results.csv", index=False)
+    (tmp_path / "base.tolerances.yaml").write_text(tolerances)
+    return CliRunner().invoke(cli, ["compare", str(tmp_path / "run"), str(tmp_path / "base.csv")])
+
+
+@pytest.mark.parametrize("run, ok", [(-10.5, True), (-11.5, False)])
+def test_a_percent_allowance_of_a_negative_baseline_is_of_its_size(setup, run, ok):
+    key = ("g", "log-likelihood", "")
+    result = _compare(setup, {key: [-10.0]}, {key: [run]},
+                      "gates: [{metric: log-likelihood, better: higher, max_move_pct: 10}]\n")
+    assert result.exit_code == (0 if ok else 1), result.output
+    assert "allowed 1 the bad way" in result.output  # 10% of |-10|
+
+
+@pytest.mark.parametrize("where", ["base.csv", "run/results.csv"])
+def test_reported_rows_are_not_gated(setup, where):
+    before = _run(setup, [0.78, 0.78], [54.0]).output
+    path = setup / where
+    df = pd.read_csv(path)
+    reported = _rows({("g", "attribute-accuracy", "seen/all"): [0.01], ("g", "fd-effnet-lite0", "blur=0"): [999.0]})
+    reported[["source", "seed", "n"]] = ["reported", -1, -1]  # a literature number under the same alias
+    pd.concat([df, reported]).to_csv(path, index=False)
+    result = CliRunner().invoke(cli, ["compare", str(setup / "run"), str(setup / "base.csv")])
+    assert result.exit_code == 0 and result.output == before, result.output
+
+
+def test_a_gate_for_one_system_leaves_the_others_alone(setup):
+    acc = ("attribute-accuracy", "seen/all")
+    result = _compare(setup, {("g", *acc): [0.80], ("h", *acc): [0.80]}, {("g", *acc): [0.80], ("h", *acc): [0.10]},
+                      "gates: [{metric: attribute-accuracy, variant: seen/all, system: g, better: higher, "
+                      "max_move: 0.05}]\n")
+    assert result.exit_code == 0, result.output
+    assert "1/1 gated numbers within tolerance" in result.output and "  h  " not in result.output
+
+
 @pytest.mark.parametrize("alias", ["NA", "null", "nan", "42"])
 def test_an_alias_that_reads_like_a_missing_value_or_a_number_is_compared(setup, alias):
     for name in ("base.csv", "run/results.csv"):

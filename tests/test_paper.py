@@ -119,6 +119,10 @@ def test_paired_comparison_detects_a_clear_difference_and_not_a_null_one():
     pc = {("A", "k"): better, ("B", "k"): base, ("C", "k"): same}
     clear = paired_comparison(pc, "A", "B", "k")
     assert clear["excludes_zero"] and clear["lo"] > 1.5
+    swapped = paired_comparison(pc, "B", "A", "k")  # the better system second: an interval below 0
+    assert swapped["excludes_zero"] and swapped["hi"] < -1.5 and math.isclose(swapped["mean"], -clear["mean"])
+    assert statement(swapped, lower_is_better=False).startswith(f"k: A beats B: B - A = {swapped['mean']:.2f} [")
+    assert statement(swapped, lower_is_better=True).startswith("k: B beats A: ")
     null = paired_comparison(pc, "C", "B", "k")
     assert not null["excludes_zero"] and null["lo"] < 0 < null["hi"]
     with pytest.raises(KeyError):
@@ -141,6 +145,25 @@ def test_seed_comparison_t_interval(run):
 
     half = stats.t.ppf(0.975, 2) * d.std(ddof=1) / math.sqrt(3)
     assert math.isclose(r["mean"], d.mean()) and math.isclose(r["hi"], d.mean() + half) and r["excludes_zero"]
+
+
+def test_seed_comparison_leaves_out_reported_rows(run):
+    df, _ = run
+    reported = [_row(s, "reported", "fd-effnet-lite0", "blur=0", v, -1, source="reported", citation="a paper")
+                for s, v in (("clipgen-lf", 500.0), ("vqgan-clip", 1.0))]  # literature numbers under the aliases
+    r = paired_seed_comparison(pd.concat([df, pd.DataFrame(reported, columns=COLUMNS)]), "clipgen-lf", "vqgan-clip",
+                               "fd-effnet-lite0", "blur=0")
+    d = np.array([30 - 60, 31 - 62, 32 - 64], dtype=float)
+    assert r["n_seeds"] == 3 and math.isclose(r["mean"], d.mean())
+
+
+def test_one_shared_caption_makes_no_statement(run):
+    df, pc = run
+    pc = {**pc, ("clipgen-lf", "clip-score"): {s: {0: 25.0, 1: 26.0} for s in (0, 1, 2)},
+          ("vqgan-clip", "clip-score"): {s: {0: 20.0, 2: 21.0} for s in (0, 1, 2)}}  # only caption 0 in both
+    text = paper_table(df, pc)
+    assert "clip-score:" not in text  # not even "no winner can be claimed": there is nothing to pair
+    assert "fd-effnet-lite0/blur=0: clipgen-lf beats vqgan-clip" in text  # the other statements stay
 
 
 def test_fd_metric_preference_and_per_caption_lookup():
