@@ -82,3 +82,38 @@ def test_peak_memory_restarts_for_each_generation():
     assert _peak_memory("cpu") >= high - (16 << 20)  # a peak, not the current size (counters lag a little)
     _reset_peak_memory("cpu")
     assert _peak_memory("cpu") < high - size + (16 << 20)
+
+
+def _rows(tmp_path, timings):
+    ds = TensorDataset(torch.zeros(2, 3, 8, 8, dtype=torch.uint8))
+    return {r.variant: r for r in build_throughput(None).compute(make_ctx(ds, tmp_path, timings=timings))}
+
+
+def test_peak_memory_is_the_highest_peak_not_the_last(tmp_path):
+    timings = [TimingRecord(1.0, 8, peak_memory_bytes=300), TimingRecord(1.0, 8, peak_memory_bytes=100)]
+    assert _rows(tmp_path, timings)["peak-memory-bytes"].value == 300
+
+
+def test_a_resume_on_another_device_drops_the_earlier_devices_calls(tmp_path):
+    cpu = [TimingRecord(1.0, 8, batch_size=8, threads=2, device="cpu", start=10.0 + i) for i in range(3)]  # 8/s
+    cuda = [TimingRecord(1.0, 64, batch_size=8, threads=2, device="cuda", start=100.0 + i) for i in range(2)]  # 64/s
+    rows = _rows(tmp_path, cpu + cuda)
+    assert rows["images/s"].value == pytest.approx(64.0) and rows["images/s"].n == 128
+    assert rows["images/s"].extra["dropped_calls"] == 3 and rows["images/s"].extra["devices"] == ["cuda"]
+
+
+def test_tokens_per_second_of_concurrent_processes_is_over_the_busy_wall_time(tmp_path):
+    # as in test_concurrent_processes_add_up_sequential_ones_do_not: 4 calls of 1 s over the union [100, 102.1]
+    side = [TimingRecord(1.0, 5, tokens=80, process=p, start=100.0 + i + 0.1 * p) for p in (0, 1) for i in (0, 1)]
+    rows = _rows(tmp_path, side)
+    assert rows["tokens/s"].value == pytest.approx(320 / 2.1)  # not 320 / 4 s of summed call time
+    assert rows["tokens/s"].value / rows["images/s"].value == pytest.approx(16)
+
+
+def test_the_latest_settings_are_those_of_the_latest_call_whatever_the_record_order(tmp_path):
+    first = [TimingRecord(1.0, 8, batch_size=8, threads=2, start=10.0 + i) for i in range(3)]
+    resumed = [TimingRecord(1.0, 32, batch_size=32, threads=2, start=100.0 + i) for i in range(2)]
+    in_order, reversed_ = _rows(tmp_path, first + resumed), _rows(tmp_path, resumed + first)
+    assert in_order["images/s"].value == pytest.approx(32.0)
+    assert {v: (r.value, r.n, r.extra) for v, r in reversed_.items()} == \
+        {v: (r.value, r.n, r.extra) for v, r in in_order.items()}

@@ -388,3 +388,38 @@ def test_a_one_image_call_is_timed_and_credited_as_the_two_images_it_made(tmp_pa
     seconds = sum(r["seconds"] for r in records)
     per_image = rows[(rows["metric"] == "throughput") & (rows["variant"] == "seconds/image")]
     assert per_image["value"].iloc[0] == pytest.approx(seconds / 6)
+
+
+def test_the_peak_memory_is_reset_before_each_system_and_seed_generates(tmp_path, monkeypatch):
+    """Each (system, seed) pass starts a fresh peak before its first timed call (which writes its first PNG)."""
+    import bench.runner
+
+    out, images_at_reset = tmp_path / "r", []
+    monkeypatch.setattr(bench.runner, "_reset_peak_memory",
+                        lambda device: images_at_reset.append(len(list((out / "samples").rglob("*.png")))))
+    Runner(_suite(tmp_path, 8), out_dir=out, limit=8, progress=False).run()
+    assert images_at_reset == [0, 8, 16, 24]  # 2 systems x 2 seeds, 8 captions each
+
+
+def test_per_caption_columns_fill_the_split_and_all_captions_columns():
+    from bench.runner import per_caption_columns
+
+    assert per_caption_columns({"caps": .5}, "seen", {"caps/seen", "caps/all"}) == {"caps/seen": .5, "caps/all": .5}
+    assert per_caption_columns({"attribute-accuracy": .25}, "seen",
+                               {"attribute-accuracy/seen/all", "attribute-accuracy/all/all", "caps/all"}) == \
+        {"attribute-accuracy/seen/all": .25, "attribute-accuracy/all/all": .25}
+
+
+def test_a_shard_refuses_a_folder_of_unrecorded_samples_and_deletes_nothing(tmp_path):
+    """PNGs without made-by.json (an older bench's run): only the coordinator may regenerate them."""
+    out = tmp_path / "r"
+    folder = out / "samples" / "noise" / "seed0"
+    folder.mkdir(parents=True)
+    for cid in range(3):
+        (folder / f"{cid:06d}.png").write_bytes(b"an older run's sample %d" % cid)
+    before = {p.name: p.read_bytes() for p in folder.glob("*.png")}
+    shard = Runner(_suite(tmp_path, 8), out_dir=out, progress=False, rank=1, world=2)
+    with pytest.raises(UserError, match="holds samples of another build"):
+        shard.run_shard()
+    assert {p.name: p.read_bytes() for p in folder.glob("*.png")} == before
+    assert not (folder / "made-by.json").exists()

@@ -124,3 +124,29 @@ def test_the_generation_shards_stop_with_the_run(tmp_path, how):
         time.sleep(0.2)  # a shard is generating
     assert _processes_mentioning(shard), "the shard processes did not start"
     stop_run_and_wait_for_children(run, how, shard)
+
+
+def test_throughput_counts_the_timings_of_every_shard(tmp_path):
+    """The measuring run reads every rank's timing file (as a sharded run writes them, see _assert_same_run)."""
+    import dataclasses
+
+    from bench.api import TimingRecord
+    from bench.metrics.throughput import build_throughput
+    from bench.runner import Runner
+    from bench.suite import load_suite
+    from metrics_testing import make_ctx
+
+    suite = tmp_path / "s.yaml"
+    suite.write_text(SUITE)
+    runner = Runner(load_suite(suite), out_dir=tmp_path / "r", progress=False)
+    folder = tmp_path / "r" / "timings" / "noise"
+    folder.mkdir(parents=True)
+    for rank in (0, 1):  # 12 captions each, in 3 calls of 4
+        records = [TimingRecord(1.0, 4, batch_size=4, process=rank, start=100.0 + i) for i in range(3)]
+        (folder / f"seed0.rank{rank}.jsonl").write_text("".join(json.dumps(dataclasses.asdict(r)) + "\n"
+                                                                for r in records))
+    timings = runner.timings("noise", 0)
+    assert len(timings) == 6
+    rows = build_throughput(None).compute(make_ctx(None, tmp_path, timings=timings))
+    speed = [r for r in rows if r.variant == "images/s"]
+    assert len(speed) == 1 and speed[0].n == 24  # all 24 captions of seed 0
