@@ -182,6 +182,26 @@ def test_torch_backend_tiled_over_codes_equals_one_tile(monkeypatch, budget):
     check_guarantee(z, e, idx, vq_lookup(z, e, backend="full"))
 
 
+@pytest.mark.parametrize("k", [300, 1000])
+@pytest.mark.parametrize("d", [3, 40])
+def test_padded_code_blocks_never_win_even_when_every_score_is_negative(kernel_device, k, d):
+    """K >= 256 and not a multiple of 128: the torch backend pads the codebook to whole argmax blocks with rows
+    (0, -inf) whose score must lose to every real code. With z far from all codes every real score
+    z.e - ||e||^2/2 is negative, so a padding row scoring 0 would win and return an index >= K. (The triton
+    kernel masks its last code tile the same way, with ||e||^2 = +inf past K.)"""
+    assert k % vq_mod._ARGMAX_BLOCK != 0  # the padded path
+    g = torch.Generator().manual_seed(k + d)
+    e = (torch.randn(k, d, generator=g) + 3.0).to(kernel_device)
+    cases = {"z=0": torch.zeros(6, d).to(kernel_device), "random": torch.randn(20, d, generator=g).to(kernel_device)}
+    for case, z in cases.items():
+        ref = vq_lookup(z, e, backend="full")
+        assert (ref < k).all()
+        for name, fn in backends(kernel_device):
+            idx = fn(z, e)
+            assert (idx < k).all(), (case, name, idx.max().item())
+            assert torch.equal(idx, ref), (case, name)
+
+
 def test_a_codebook_of_one_repeated_code_always_answers_zero(kernel_device):
     codebook = torch.randn(1, 6).repeat(40, 1).to(kernel_device)
     z = torch.randn(9, 6).to(kernel_device) * 100

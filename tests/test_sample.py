@@ -32,6 +32,44 @@ def test_top_k_keeps_ties_and_top_p_keeps_the_crossing_token():
         filter_logits(logits, temperature=0.0)
 
 
+def test_top_p_filters_unsorted_logits_by_value_not_by_position():
+    """The nucleus mask is computed in sorted order and must be scattered back to the tokens' own positions."""
+    g = torch.Generator().manual_seed(0)
+    sorted_logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    perm = torch.tensor([2, 0, 3, 1])
+    out = filter_logits(sorted_logits[:, perm], top_p=0.6)
+    assert torch.isfinite(out).tolist() == [[False, True, False, True]]  # 0.5 and 0.3, wherever they sit
+    assert torch.equal(out, filter_logits(sorted_logits, top_p=0.6)[:, perm])
+    # random rows, each under its own permutation: filtering commutes with permuting
+    logits = torch.randn(6, 50, generator=g) * 3
+    perms = torch.stack([torch.randperm(50, generator=g) for _ in range(6)])
+    for top_p in (0.3, 0.9):
+        assert torch.equal(filter_logits(logits.gather(1, perms), top_p=top_p),
+                           filter_logits(logits, top_p=top_p).gather(1, perms))
+
+
+def test_top_p_applies_to_the_tempered_distribution():
+    logits = torch.tensor([[0.5, 0.3, 0.15, 0.05]]).log()
+    # untempered cumsum 0.5, 0.8: two tokens; at temperature 2 (probs ~ sqrt) 0.38, 0.67, 0.88: three
+    assert torch.isfinite(filter_logits(logits, top_p=0.7)).tolist() == [[True, True, False, False]]
+    out = filter_logits(logits, temperature=2.0, top_p=0.7)
+    assert torch.isfinite(out).tolist() == [[True, True, True, False]]
+    assert torch.equal(out, filter_logits(logits / 2.0, top_p=0.7))
+    g = torch.Generator().manual_seed(1)
+    many = torch.randn(8, 40, generator=g) * 2
+    for t in (0.5, 2.0):
+        assert torch.equal(filter_logits(many, temperature=t, top_p=0.6), filter_logits(many / t, top_p=0.6))
+
+
+def test_top_p_boundary_a_cumsum_exactly_at_top_p_does_not_count_as_crossing():
+    """Pins the documented convention: tokens are dropped where the cumsum *exceeds* top_p, shifted right by one.
+    Here the cumsum reaches exactly 0.75 at the 2nd token, so the 3rd is the first to cross, and it is kept."""
+    logits = torch.tensor([[0.5, 0.25, 0.25]]).log()
+    assert logits.softmax(-1).cumsum(-1).tolist() == [[0.5, 0.75, 1.0]]  # exact in fp32: the test is sharp
+    assert torch.isfinite(filter_logits(logits, top_p=0.75)).tolist() == [[True, True, True]]
+    assert torch.isfinite(filter_logits(logits, top_p=0.7)).tolist() == [[True, True, False]]
+
+
 def test_draw_matches_the_distribution_and_skips_filtered_tokens():
     logits = filter_logits(torch.tensor([[0.0, 1.0, -1.0, 2.0, 0.5]]).expand(20000, 5), top_k=3)
     u = torch.rand(20000, generator=torch.Generator().manual_seed(0))
@@ -101,6 +139,63 @@ def test_generate_rerank_picks_the_best_candidate_and_batch_size_does_not_matter
         generate(gpt, vq, cond, [3, 4], candidates=2)
     with pytest.raises(ValueError):
         generate(gpt, vq, cond, [3], top_k=20)
+
+
+class CaptionClip(FakeClip):
+    """A stand-in whose text matters: 'bright' embeds as (1,0), 'dark' as (0,1). An image embeds in the
+    (brightness, 1 - brightness) direction scaled by 1 + 100 * its pixel std: unnormalised, so a raw dot product
+    would rank mostly by contrast, cosine similarity by brightness."""
+
+    TEXT = {"bright": [1.0, 0.0], "dark": [0.0, 1.0]}
+
+    def encode_text(self, captions):
+        return torch.tensor([self.TEXT[c] for c in captions])
+
+    def encode_image(self, images):
+        x = images.float() / 255.0
+        b = x.mean((1, 2, 3))
+        return F.normalize(torch.stack([b, 1 - b], 1), dim=1) * (1 + 100 * x.std((1, 2, 3)))[:, None]
+
+
+def candidates_by_hand(gpt, vq, cond, seed, n, top_k):
+    """Tokens [n,n_pos] and images of the n candidates generate() draws for one row (seeds as documented)."""
+    rows = sample_tokens(gpt, cond[None].expand(n, -1), [mix_seed(seed, "candidate", c) for c in range(n)],
+                         top_k=top_k)
+    return rows, vq.decode_tokens(rows)
+
+
+def test_generate_scores_each_candidate_against_its_own_caption():
+    gpt = small_gpt(2)
+    torch.manual_seed(0)
+    vq = VQGAN(VQ16).eval()
+    cond = torch.randn(2, gpt.cfg.cond_dim)
+    clip, captions, seeds = CaptionClip(), ["bright", "dark"], [11, 12]
+    best, best_tok = generate(gpt, vq, cond, seeds, top_k=20, candidates=3, rerank_clip=clip, captions=captions,
+                              return_tokens=True)
+    for i, (s, cap) in enumerate(zip(seeds, captions)):
+        rows, cands = candidates_by_hand(gpt, vq, cond[i], s, 3, top_k=20)
+        cos = F.normalize(clip.encode_image(cands), dim=1) @ clip.encode_text([cap])[0]
+        j = int(cos.argmax())
+        assert torch.equal(best_tok[i].flatten(), rows[j]) and torch.equal(best[i], cands[j]), (cap, cos)
+
+
+def test_rerank_follows_cosine_similarity_not_the_raw_dot_product():
+    gpt = small_gpt(1)
+    torch.manual_seed(0)
+    vq = VQGAN(VQ16).eval()
+    cond = torch.randn(2, gpt.cfg.cond_dim)
+    clip, captions, seeds = CaptionClip(), ["bright", "dark"], [3, 4]
+    best_tok = generate(gpt, vq, cond, seeds, top_k=20, candidates=4, rerank_clip=clip, captions=captions,
+                        return_tokens=True)[1]
+    differs = False
+    for i, (s, cap) in enumerate(zip(seeds, captions)):
+        rows, cands = candidates_by_hand(gpt, vq, cond[i], s, 4, top_k=20)
+        img, text = clip.encode_image(cands), clip.encode_text([cap])[0]
+        cos = F.normalize(img, dim=1) @ text
+        assert torch.allclose(rerank_scores(clip, [cap] * 4, cands), cos)
+        assert torch.equal(best_tok[i].flatten(), rows[int(cos.argmax())]), cap
+        differs |= int(cos.argmax()) != int((img @ text).argmax())
+    assert differs  # the embeddings' norms do reorder the candidates: the test can tell the two apart
 
 
 def test_demo_rerank_input_feeds_raw_decoder_output_resized():
