@@ -164,15 +164,25 @@ def candidates_by_hand(gpt, vq, cond, seed, n, top_k):
     return rows, vq.decode_tokens(rows)
 
 
-def test_generate_scores_each_candidate_against_its_own_caption():
-    gpt = small_gpt(2)
+CAPTIONS = ["bright", "dark"]
+
+
+def reranked(layers: int, seeds: list[int], candidates: int):
+    """generate() with `candidates` per caption of CAPTIONS re-ranked by CaptionClip: (gpt, vq, cond, best images,
+    best tokens)."""
+    gpt = small_gpt(layers)
     torch.manual_seed(0)
     vq = VQGAN(VQ16).eval()
     cond = torch.randn(2, gpt.cfg.cond_dim)
-    clip, captions, seeds = CaptionClip(), ["bright", "dark"], [11, 12]
-    best, best_tok = generate(gpt, vq, cond, seeds, top_k=20, candidates=3, rerank_clip=clip, captions=captions,
-                              return_tokens=True)
-    for i, (s, cap) in enumerate(zip(seeds, captions)):
+    best, best_tok = generate(gpt, vq, cond, seeds, top_k=20, candidates=candidates, rerank_clip=CaptionClip(),
+                              captions=CAPTIONS, return_tokens=True)
+    return gpt, vq, cond, best, best_tok
+
+
+def test_generate_scores_each_candidate_against_its_own_caption():
+    clip, seeds = CaptionClip(), [11, 12]
+    gpt, vq, cond, best, best_tok = reranked(2, seeds, 3)
+    for i, (s, cap) in enumerate(zip(seeds, CAPTIONS)):
         rows, cands = candidates_by_hand(gpt, vq, cond[i], s, 3, top_k=20)
         cos = F.normalize(clip.encode_image(cands), dim=1) @ clip.encode_text([cap])[0]
         j = int(cos.argmax())
@@ -180,15 +190,10 @@ def test_generate_scores_each_candidate_against_its_own_caption():
 
 
 def test_rerank_follows_cosine_similarity_not_the_raw_dot_product():
-    gpt = small_gpt(1)
-    torch.manual_seed(0)
-    vq = VQGAN(VQ16).eval()
-    cond = torch.randn(2, gpt.cfg.cond_dim)
-    clip, captions, seeds = CaptionClip(), ["bright", "dark"], [3, 4]
-    best_tok = generate(gpt, vq, cond, seeds, top_k=20, candidates=4, rerank_clip=clip, captions=captions,
-                        return_tokens=True)[1]
+    clip, seeds = CaptionClip(), [3, 4]
+    gpt, vq, cond, _, best_tok = reranked(1, seeds, 4)
     differs = False
-    for i, (s, cap) in enumerate(zip(seeds, captions)):
+    for i, (s, cap) in enumerate(zip(seeds, CAPTIONS)):
         rows, cands = candidates_by_hand(gpt, vq, cond[i], s, 4, top_k=20)
         img, text = clip.encode_image(cands), clip.encode_text([cap])[0]
         cos = F.normalize(img, dim=1) @ text
