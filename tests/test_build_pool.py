@@ -89,6 +89,20 @@ def counting_cache(suite_file, cache):
     return cached
 
 
+def test_an_artefact_is_keyed_by_the_data_it_trains_on(suite_file, tmp_path):
+    """The vqgan reads the train split: another train_size trains again, more eval captions do not."""
+    trained = []
+
+    def cached(*overrides: str) -> int:
+        suite = load_suite(suite_file, overrides)
+        builder = Builder(suite, build_dataset(suite.dataset), "cpu", str(tmp_path), progress=False, build_threads=1)
+        return builder.cached("thing", {"a": 1}, train=lambda: trained.append(1) or len(trained),
+                              save=lambda obj, d: Path(d, "v").write_text(str(obj)),
+                              load=lambda d: int(Path(d, "v").read_text()), item=("component", "vqgan"))
+
+    assert [cached(), cached("dataset.train_size=80"), cached(), cached("dataset.num_captions=16")] == [1, 2, 1, 1]
+
+
 def test_the_cache_key_names_the_training_threads(suite_file, tmp_path):
     cached = counting_cache(suite_file, tmp_path)
     assert [cached(threads)[0] for threads in (1, 2, 1, 2)] == [1, 2, 1, 2]  # each trained once, then loaded

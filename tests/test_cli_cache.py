@@ -401,3 +401,39 @@ def test_ctrl_c_at_the_prune_prompt_is_an_interrupt(filled, monkeypatch):
     result = CliRunner().invoke(group, ["cache", "prune", "--all"], env={"BENCH_CACHE": str(filled)})
     assert result.exit_code == 130 and "interrupted (SIGINT)" in result.output, result.output
     assert (filled / "clip" / ("a" * 20)).exists()
+
+
+class OtherMeanColour(MeanColour):
+    """The same features from another extractor (other weights, say): statistics of its own."""
+
+    def identity(self) -> dict:
+        return {"features": "mean-colour", "weights_sha256": "another"}
+
+
+def test_reference_statistics_are_keyed_by_extractor_platform_batch_size_and_code(tmp_path, monkeypatch):
+    """Each thing that can change the reference features makes reference_stats compute them again instead of
+    loading another's: the extractor's identity, the processor and libraries, the batch size, the code of the
+    statistics, the extractor and the dataset."""
+    import bench.cache
+    import bench.metrics.stats as stats_module
+
+    reference = torch.randint(0, 256, (6, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ctx = make_ctx(TensorDataset(reference), str(tmp_path))
+
+    def cached(extractor=None, batch_size: int = 4) -> bool:
+        return reference_stats(ctx, extractor or MeanColour(), 0, batch_size)[1]
+
+    assert [cached(), cached()] == [False, True]
+    assert cached(OtherMeanColour()) is False
+    assert cached(batch_size=2) is False
+    real_fingerprint = stats_module.code_fingerprint
+    seen = []
+    monkeypatch.setattr(stats_module, "code_fingerprint", lambda *m: seen.append(m) or real_fingerprint(*m) + "-edited")
+    assert cached() is False
+    assert {"bench.metrics.stats", bench.cache.code_home(MeanColour.__module__),
+            *map(bench.cache.code_home, ctx.dataset.code_modules())} <= set(seen[0])
+    monkeypatch.setattr(bench.cache, "machine_name", lambda device: "another processor")
+    assert cached() is False
+    monkeypatch.setattr(bench.cache, "library_versions", lambda: {"torch": "0.0"})
+    assert cached() is False
+    assert len(list((tmp_path / "stats").glob("*.npz"))) == 6
