@@ -40,3 +40,14 @@ def test_render_equals_its_plain_twin(resolution, n):
     assert fast.shape == (n, 3, resolution, resolution) and fast.dtype == torch.uint8
     assert torch.equal(fast, render_every_shape_then_pick(resolution, colours, shapes, positions, jitter))
     assert fast.float().std() > 0  # something was drawn
+
+
+def test_reference_key_names_the_caption_count():
+    """Reference statistics of an 8-caption run are not those of a 16-caption run."""
+    from bench.datasets.shapes import ShapesDataset
+
+    kw = dict(resolution=16, seed=0, train_size=12, pairs_size=10)
+    eight, sixteen = ShapesDataset(num_captions=8, **kw), ShapesDataset(num_captions=16, **kw)
+    assert eight.reference_key() != sixteen.reference_key()
+    assert eight.reference_key() == ShapesDataset(num_captions=8, **kw).reference_key()
+    assert eight.reference_key()["count"] == 8
