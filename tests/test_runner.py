@@ -286,6 +286,40 @@ def test_made_by_names_all_captions_and_stale_seeds_leave_the_intervals(tmp_path
     assert run(12, "[0]", limit=4)["fingerprint"] != before["fingerprint"]  # samples of another machine: made again
 
 
+def test_made_by_changes_with_the_systems_args_the_dataset_and_the_sample_code(tmp_path, monkeypatch):
+    """Samples are reused only when their fingerprint matches: a sampling argument that no artefact records
+    (top_k), another dataset with the same captions (another train_size) or edited seeding / writing code must
+    each change it."""
+    import bench.runner
+    from bench.datasets.base import build_dataset
+
+    class SameArtefacts:  # what a Builder answers; the artefacts are held equal so only the other fields count
+        def made_of(self, item):
+            return ["clipgen-gpt/0123"]
+
+    def fingerprint(top_k: int = 50, train_size: int = 1) -> str:
+        path = tmp_path / "s.yaml"
+        path.write_text(f"""suite: mb
+version: 1
+dataset: {{name: shapes, resolution: 32, num_captions: 8, train_size: {train_size}, pairs_size: 1}}
+components:
+  clip: {{kind: clip, train: {{preset: tiny}}}}
+  vqgan: {{kind: vqgan, train: {{preset: tiny}}}}
+systems: [{{name: clipgen, alias: lf, args: {{clip: clip, vqgan: vqgan, train: {{preset: tiny}}, top_k: {top_k}}}}}]
+""")
+        suite = load_suite(path)
+        return Runner(suite, out_dir=tmp_path / "r").made_by(SameArtefacts(), build_dataset(suite.dataset), "lf")[
+            "fingerprint"]
+
+    base = fingerprint()
+    assert fingerprint() == base
+    assert fingerprint(top_k=20) != base
+    assert fingerprint(train_size=2) != base
+    real = bench.runner.code_fingerprint
+    monkeypatch.setattr(bench.runner, "code_fingerprint", lambda *names: real(*names) + "-edited")
+    assert fingerprint() != base
+
+
 def test_made_of_names_wrapped_systems_and_checkpoint_contents(tmp_path):
     """A wrapping system (random-caption) is made of the wrapped one's arguments and artefacts; a checkpoint folder
     rewritten in place is another build, whatever its folder's own mtime says."""
