@@ -144,8 +144,8 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
             with np.load(path, allow_pickle=False) as z:
                 stats = FeatureStats(z["features"], z["mu"], z["sigma"])
         except NPZ_READ_ERRORS:  # a damaged file whose key still reads: computed again and rewritten below
-            stats = None
-        if stats is not None:
+            pass
+        else:
             mark_used(path)
             return stats, True
     chunks = []
