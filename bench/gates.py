@@ -87,9 +87,7 @@ def _yaml_problem(err: yaml.YAMLError) -> str:
 
 
 def _measured(df: pd.DataFrame) -> pd.DataFrame:
-    df = df[df["source"] == "measured"].copy()
-    df["variant"] = df["variant"].fillna("").astype(str)
-    return df
+    return df[df["source"] == "measured"]  # text columns are text already (bench.results._check_frame)
 
 
 def _means(df: pd.DataFrame) -> dict[tuple[str, str, str], float]:
@@ -108,7 +106,7 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
 def _check_comparable(run: pd.DataFrame, base: pd.DataFrame, gated: list, run_dir: Path, baseline_csv: Path) -> None:
     """A run of another suite, or of the same suite on fewer captions (--limit, --set), is no regression: bad input.
     run, base: measured rows; gated: the (system, metric, variant) keys the gates check."""
-    suites = [sorted(set(df["suite"].fillna("").astype(str))) for df in (run, base)]
+    suites = [sorted(set(df["suite"])) for df in (run, base)]
     if suites[0] != suites[1]:
         raise UserError(f"{run_dir} is a run of suite {', '.join(suites[0]) or '?'} but {baseline_csv} holds "
                         f"{', '.join(suites[1]) or '?'}: compare a run of the baseline's suite")
