@@ -96,10 +96,10 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
     """
     from bench.api import UserError
     from bench.suite import MAX_PROCESSES, load_suite
+    from reference.errors import refuse_blank_path
 
     try:
-        if out_dir is not None and not out_dir.strip():
-            raise UserError("--out '': name a folder (or leave --out out for runs/<suite>/)")
+        refuse_blank_path("--out", out_dir, "folder (or leave --out out for runs/<suite>/)", UserError)
         if nproc is not None and nproc > MAX_PROCESSES:
             raise UserError(f"--nproc {nproc}: at most {MAX_PROCESSES} generation processes")
         suite = load_suite(suite_path, overrides)

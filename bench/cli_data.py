@@ -37,10 +37,10 @@ def mscoco(root, split, with_train, base_url, check_counts, keep_archives, retri
     moved into place.
     """
     from bench.datasets.download import fetch_coco
+    from reference.errors import refuse_blank_path
 
     try:
-        if not root.strip():  # os.path.abspath('') would quietly mean the current folder
-            raise UserError(f"--root {root!r}: name a folder")
+        refuse_blank_path("--root", root, error=UserError)
         fetch_coco(root, split=split, base_url=base_url, with_train=with_train, keep_archives=keep_archives,
                    check_counts=check_counts, progress=not quiet, timeout=timeout, retries=retries,
                    log=lambda line: click.echo(line, err=True))

@@ -24,7 +24,7 @@ import yaml
 
 from bench.api import UserError
 from bench.results import read_results_csv
-from reference.errors import first_line
+from reference.errors import first_line, refuse_blank_path
 
 
 @dataclass(frozen=True)
@@ -120,8 +120,7 @@ def _check_comparable(run: pd.DataFrame, base: pd.DataFrame, gated: list, run_di
 
 def compare_run(run_dir: str | Path, baseline_csv: str | Path, tolerances: str | Path | None = None) -> tuple[bool, str]:
     for name, given in (("RUN_DIR", run_dir), ("BASELINE_CSV", baseline_csv), ("--tolerances", tolerances)):
-        if given is not None and not str(given).strip():
-            raise UserError(f"{name} '': name a {'file' if name != 'RUN_DIR' else 'run folder'}")
+        refuse_blank_path(name, given, "run folder" if name == "RUN_DIR" else "file", UserError)
     run_dir, baseline_csv = Path(run_dir), Path(baseline_csv)
     run = _read_csv(run_dir / "results.csv", "run results (results.csv)")
     base = _read_csv(baseline_csv, "baseline")

@@ -69,7 +69,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from reference.configs import PAPER, GPTConfig, VQGANConfig
-from reference.errors import first_line
+from reference.errors import first_line, refuse_blank_path
 from reference.safe_unpickle import safe_torch_load
 
 KINDS = ("hfailab-vqgan", "hfailab-gpt", "taming-vqgan", "checkpoint", "clip")
@@ -704,8 +704,7 @@ def convert(kind: str, src: str | os.PathLike, dst: str | os.PathLike, **overrid
 
 def _check_dst(dst: str | os.PathLike) -> Path:
     """``dst`` as a Path, refused (ValueError, one line) unless it is a new folder or an empty one under folders."""
-    if not os.fspath(dst):
-        raise ValueError("DST '': name a folder")
+    refuse_blank_path("DST", dst)
     path = Path(dst)
     if os.path.lexists(path):
         if path.is_symlink() or not path.is_dir():  # a symlink, even to a folder, would be replaced, not written into

@@ -173,13 +173,14 @@ def test_cli_convert_writes_no_temporary_folder_and_keeps_the_usual_mode(tmp_pat
     assert (tmp_path / "new" / "deeper").stat().st_mode == (tmp_path / "plain").stat().st_mode
 
 
-def test_cli_convert_refuses_an_empty_dst_name(tmp_path, monkeypatch):
+@pytest.mark.parametrize("dst", ["", "  "])
+def test_cli_convert_refuses_an_empty_dst_name(tmp_path, monkeypatch, dst):
     src = tmp_path / "gpt_coco.pt"
     _save_ref_gpt(src)
     work = tmp_path / "cwd"
     work.mkdir()
     monkeypatch.chdir(work)
-    _one_error_line(CliRunner().invoke(convert_cmd, ["hfailab-gpt", str(src), ""]), "DST ''", "name a folder")
+    _one_error_line(CliRunner().invoke(convert_cmd, ["hfailab-gpt", str(src), dst]), f"DST {dst!r}", "name a folder")
     assert list(work.iterdir()) == []  # not written into the current folder
 
 
