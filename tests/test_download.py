@@ -138,6 +138,39 @@ def test_complete_part_is_finished_by_416(site, blob, tmp_path):
     assert open(dest, "rb").read() == blob and site.requests == [("/big.bin", "bytes=300000-")]
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_disk_error_while_downloading_stops_at_once_and_keeps_the_part(site, blob, tmp_path, monkeypatch, code):
+    import bench.datasets.download as download_module
+
+    class FillsUp:
+        """A file that takes the first block and then reports `code` (a full disk, a read-only remount)."""
+
+        def __init__(self, path, mode):
+            self.file, self.blocks = open(path, mode), 0
+
+        def write(self, block):
+            self.blocks += 1
+            if self.blocks > 1:
+                raise OSError(code, os.strerror(code))
+            return self.file.write(block)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.file.close()
+
+    dest = str(tmp_path / "big.bin")
+    monkeypatch.setattr(download_module, "open", FillsUp, raising=False)
+    with pytest.raises(UserError) as err:
+        download(f"{site.url}/big.bin", dest, progress=False, retries=3, timeout=5, chunk_size=100_000)
+    assert str(err.value).startswith(f"{dest}.part: {os.strerror(code)}; 100000 bytes kept")
+    assert len(site.requests) == 1  # no network retries for a local disk error
+    monkeypatch.undo()
+    download(f"{site.url}/big.bin", dest, progress=False, timeout=5)
+    assert open(dest, "rb").read() == blob and site.requests[1] == ("/big.bin", "bytes=100000-")
+
+
 def test_missing_file_is_one_line_user_error(site, tmp_path):
     dest = str(tmp_path / "nothing.zip")
     with pytest.raises(UserError, match="HTTP 404"):
@@ -362,6 +395,27 @@ def test_disk_full_while_unpacking_is_one_line_and_installs_nothing(site, tmp_pa
     n_requests = len(site.requests)
     assert mscoco(root, site.url).exit_code == 0 and len(site.requests) == n_requests
     assert len(os.listdir(root / "val2014")) == 4
+
+
+def test_archives_that_cannot_be_deleted_after_install_are_a_warning(site, tmp_path, monkeypatch):
+    make_coco_archives(site.root, "val2014", n_images=4)
+    root = tmp_path / "coco"
+    remove = os.remove
+
+    def refuse_zips(path, *args, **kwargs):
+        if str(path).endswith(".zip"):
+            raise OSError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return remove(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "remove", refuse_zips)
+    result = mscoco(root, site.url)
+    assert result.exit_code == 0, result.output
+    archive = root / "downloads" / "annotations_trainval2014.zip"
+    assert f"warning: could not delete the downloaded archives ({archive}: Permission denied)" in result.output
+    assert len(os.listdir(root / "val2014")) == 4 and (root / ".bench-mscoco-val2014.json").is_file()
+    monkeypatch.undo()
+    again = mscoco(root, site.url)
+    assert again.exit_code == 0 and "already verified" in again.output
 
 
 def rewrite_zip(path: str, change) -> None:

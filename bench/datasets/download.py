@@ -14,6 +14,7 @@ disk full, a file where a folder goes) become one-line UserErrors.
 """
 from __future__ import annotations
 
+import errno
 import http.client
 import json
 import os
@@ -39,6 +40,8 @@ OFFICIAL_COUNTS = {
     "train2017": {"images": 118287},
 }
 USER_AGENT = "clipgen-bench"
+# errors of this machine's filesystem while writing a download: trying the connection again cannot help
+LOCAL_WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM})
 
 
 def _progress(total: int | None, initial: int, desc: str, enabled: bool):
@@ -79,7 +82,9 @@ def download(url: str, dest: str, *, progress: bool = True, timeout: float = 60.
     """Fetch `url` to `dest` through `dest.part`, resuming a previous partial transfer; returns `dest`.
 
     A connection that breaks mid-transfer is resumed up to `retries` times; if it
-    still fails, the `.part` stays for the next run and a UserError says so.
+    still fails, the `.part` stays for the next run and a UserError says so. A
+    filesystem error writing the `.part` (disk full, read-only) stops at once: a
+    UserError names it, and the bytes written so far stay to resume from.
     """
     if os.path.isfile(dest):
         return dest
@@ -134,6 +139,9 @@ def download(url: str, dest: str, *, progress: bool = True, timeout: float = 60.
         except (urllib.error.URLError, http.client.HTTPException, OSError) as err:
             attempt += 1
             have = os.path.getsize(part) if os.path.isfile(part) else 0
+            if isinstance(err, OSError) and err.errno in LOCAL_WRITE_ERRNOS:
+                raise UserError(f"{err.filename or part}: {err.strerror}; {have} bytes kept in {part}: fix that and "
+                                "run the same command again to resume") from None
             if attempt > retries:
                 reason = getattr(err, "reason", err)
                 if have == 0:
@@ -306,10 +314,16 @@ def fetch_coco(root: str, split: str = "val2014", base_url: str = OFFICIAL_BASE_
     year = split[-4:]
     splits = [split] + ([f"train{year}"] if with_train else [])
     root = os.path.abspath(root)
-    made = _missing_folders(os.path.join(root, "downloads"))  # folders this call may create
+    downloads = os.path.join(root, "downloads")
+    base = base_url.rstrip("/")
+    # key -> (URL, local archive): the captions of the year, then each split's images
+    sources = {"annotations": (f"{base}/annotations/annotations_trainval{year}.zip",
+                               os.path.join(downloads, f"annotations_trainval{year}.zip"))}
+    sources.update({s: (f"{base}/zips/{s}.zip", os.path.join(downloads, f"{s}.zip")) for s in splits})
+    made = _missing_folders(downloads)  # folders this call may create
     try:
-        return _fetch_coco(root, split, splits, base_url.rstrip("/"), official, keep_archives, progress, timeout,
-                           retries, log)
+        return _fetch_coco(root, split, splits, sources, base, official, keep_archives, progress, timeout, retries,
+                           log)
     except BaseException as err:
         for folder in reversed(made):  # only those still empty
             try:
@@ -321,8 +335,9 @@ def fetch_coco(root: str, split: str = "val2014", base_url: str = OFFICIAL_BASE_
         raise
 
 
-def _fetch_coco(root: str, split: str, splits: list[str], base: str, official: bool, keep_archives: bool,
-                progress: bool, timeout: float, retries: int, log: Callable[[str], None]) -> dict:
+def _fetch_coco(root: str, split: str, splits: list[str], sources: dict[str, tuple[str, str]], base: str,
+                official: bool, keep_archives: bool, progress: bool, timeout: float, retries: int,
+                log: Callable[[str], None]) -> dict:
     os.makedirs(root, exist_ok=True)
     marker = os.path.join(root, f".bench-mscoco-{'+'.join(splits)}.json")
     recorded = _read_marker(marker)
@@ -330,16 +345,11 @@ def _fetch_coco(root: str, split: str, splits: list[str], base: str, official: b
         log(f"MS-COCO {'+'.join(splits)} already verified under {root}")
         return {"root": root, "split": split, "counts": recorded.get("counts", {}), "skipped": True}
 
-    year = split[-4:]
-    downloads = os.path.join(root, "downloads")
-    archives = {"annotations": os.path.join(downloads, f"annotations_trainval{year}.zip")}
-    urls = {"annotations": f"{base}/annotations/annotations_trainval{year}.zip"}
-    for s in splits:
-        archives[s] = os.path.join(downloads, f"{s}.zip")
-        urls[s] = f"{base}/zips/{s}.zip"
-    for key, dest in archives.items():
-        log(f"fetching {urls[key]}")
-        download(urls[key], dest, progress=progress, timeout=timeout, retries=retries)
+    archives = {key: dest for key, (_, dest) in sources.items()}
+    downloads = os.path.dirname(archives["annotations"])
+    for url, dest in sources.values():
+        log(f"fetching {url}")
+        download(url, dest, progress=progress, timeout=timeout, retries=retries)
         try:
             verify_zip(dest)
         except UserError as err:
@@ -371,11 +381,15 @@ def _fetch_coco(root: str, split: str, splits: list[str], base: str, official: b
         os.replace(ready_marker, marker)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if not keep_archives:
-        for dest in archives.values():
-            os.remove(dest)
-        if not os.listdir(downloads):
-            os.rmdir(downloads)
+    if not keep_archives:  # the data is in place now: a failure here is worth a line, not an error
+        try:
+            for dest in archives.values():
+                os.remove(dest)
+            if not os.listdir(downloads):
+                os.rmdir(downloads)
+        except OSError as err:
+            log(f"warning: could not delete the downloaded archives ({_os_error_line(err, root)}); "
+                "the data is in place, delete them by hand")
     log(f"MS-COCO {'+'.join(splits)} verified under {root}: " +
         ", ".join(f"{s}: {c['images']} images, {c['annotations']} captions" for s, c in counts.items()))
     return {"root": root, "split": split, "counts": counts, "skipped": False}
