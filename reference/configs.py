@@ -1,7 +1,7 @@
 """Dataclass configs and named presets for the reference CLIP-GEN.
 
 Three presets:
-- ``paper``: the layouts of the public HFAiLab CLIP-GEN checkpoints (see shared/formats/): VQGAN 256 px -> 16x16
+- ``paper``: the layouts of the public HFAiLab CLIP-GEN checkpoints (see tests/data/formats/): VQGAN 256 px -> 16x16
   tokens with a 16384 x 256 codebook, CLIP ViT-B/32 (512-d), GPT-2 medium (24 x 1024, 16 heads, 256 positions).
 - ``small``: benchmarkable on a CPU (64 px, 16x16 tokens, 8 layers x 512).
 - ``tiny``: 32 px, 8x8 tokens, 4 layers x 128; the recipe behind the quickstart and every test.

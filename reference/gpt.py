@@ -1,6 +1,6 @@
 """Conditional GPT: p(image tokens | CLIP embedding), pre-LN, with a static KV cache for decoding.
 
-Sequence layout (as in the public HFAiLab CLIP-GEN GPT, shared/formats/hfailab-clipgen-gpt.json):
+Sequence layout (as in the public HFAiLab CLIP-GEN GPT, tests/data/formats/hfailab-clipgen-gpt.json):
 position 0 holds ``cond_proj(normalize(e))``, positions 1..n_pos-1 hold image tokens 0..n_pos-2; the logits at
 position i predict image token i. No BOS, no special tokens; ``pos_emb`` [1,n_pos,d] is added at every position.
 

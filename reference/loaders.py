@@ -19,7 +19,7 @@ Every architectural number is read from the tensor shapes, except those the file
 ``overrides``): GPT heads (n_embd // 64: head width 64 as in GPT-2 medium/large, 16 heads for the release),
 VQGAN GroupNorm groups (32) and the latent grid (16x16 -> 256 px for f16; both releases work at 256 px).
 
-Mapping decisions, source by source (formats: shared/formats/*.json):
+Mapping decisions, source by source (formats: tests/data/formats/*.json):
 
 HFAiLab VQGAN -> reference.vqgan.VQGAN
     Key names are ours already (our module tree copies HFAiLab's flat ``encoder.down.N`` / ``decoder.up.N``
@@ -32,7 +32,7 @@ HFAiLab VQGAN -> reference.vqgan.VQGAN
 taming VQGAN f16/16384 -> reference.vqgan.VQGAN
     ``ckpt['state_dict']``; ``loss.*`` (LPIPS copy + discriminator) dropped; if keys carry ``first_stage_model.``
     (a taming transformer checkpoint) only that sub-model is read and the rest is dropped. Keys are renamed by
-    ``taming_key_map(cfg)`` (the same map as ``key_map_to_taming`` in shared/formats/hfailab-clipgen-vqgan.json,
+    ``taming_key_map(cfg)`` (the same map as ``key_map_to_taming`` in tests/data/formats/hfailab-clipgen-vqgan.json,
     generated from the config so it also holds at reduced sizes): ResnetBlock norm1/conv1/norm2/conv2/nin_shortcut
     -> block.0/2/3/6/shortcut; per-level ``down.L.block.i`` / ``up.L.block.i`` -> our flat indices (the decoder's
     ``up`` runs lowest resolution first); norm_out/conv_out -> final.0/final.2; quant_conv -> encoder.final.3;
@@ -339,7 +339,7 @@ class Source:
     squeeze: bool = False
 
     def render(self) -> str:
-        """The expression as written in shared/formats/hfailab-clipgen-vqgan.json ``key_map_to_taming``."""
+        """The expression as written in tests/data/formats/hfailab-clipgen-vqgan.json ``key_map_to_taming``."""
         parts = [k + ("[:, :, 0, 0]" if self.squeeze else "") for k in self.keys]
         return parts[0] if len(parts) == 1 else f"concat_dim0({', '.join(parts)})"
 

@@ -1,6 +1,6 @@
 """VQGAN: convolutional encoder -> vector quantiser -> convolutional decoder, plus its training losses.
 
-Module and parameter names follow the public HFAiLab CLIP-GEN VQGAN (shared/formats/hfailab-clipgen-vqgan.json),
+Module and parameter names follow the public HFAiLab CLIP-GEN VQGAN (tests/data/formats/hfailab-clipgen-vqgan.json),
 so the ``paper`` preset loads that checkpoint's ``model`` dict without renaming:
 ``encoder.{conv_in, down.N, mid.N, final.N}``, ``decoder.{quant_conv_in, conv_in, mid.N, up.N, final.N}``,
 ``quantizer.embedding.weight`` and ``discriminator.{features.N, head}``. ``encoder.final.3`` is the 1x1 pre-quant

@@ -20,7 +20,7 @@ def test_paper_layout_matches_hfailab_checkpoint():
     with torch.device("meta"):
         model = GPT(get_preset("paper").gpt)
     sd = model.state_dict()
-    assert sum(v.numel() for v in sd.values()) == 336669696  # shared/formats/hfailab-clipgen-gpt.json
+    assert sum(v.numel() for v in sd.values()) == 336669696  # tests/data/formats/hfailab-clipgen-gpt.json
     assert sd["pos_emb"].shape == (1, 256, 1024)
     assert sd["tok_emb.weight"].shape == (16384, 1024)
     assert sd["cond_proj.weight"].shape == (1024, 512)

@@ -1,6 +1,6 @@
 """Loaders for the public checkpoints (reference/loaders.py, reference/safe_unpickle.py).
 
-No real weights exist here: the formats (shared/formats/*.json: every key and shape) and the function are under
+No real weights exist here: the formats (tests/data/formats/*.json: every key and shape) and the function are under
 test. Full-size key coverage builds state dicts with exactly each JSON's keys and shapes, filled with one constant
 per tensor, so a tensor routed to the wrong place is caught too. Reduced-width tests check the function against an
 independent plain-torch forward (nn.TransformerEncoderLayer blocks) and the HFAiLab <-> taming equivalence through
@@ -26,7 +26,7 @@ from reference.loaders import convert as convert_checkpoint
 from reference.safe_unpickle import CheckpointReadError, Stub, safe_torch_load
 
 HERE = Path(__file__).parent
-FORMATS = HERE / "data" / "formats"  # copies of shared/formats/*.json (format facts: keys and shapes)
+FORMATS = HERE / "data" / "formats"  # the public checkpoints as facts: every key and shape, the config
 
 
 @pytest.fixture(scope="module")

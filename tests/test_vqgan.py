@@ -27,7 +27,7 @@ def test_paper_layout_matches_hfailab_checkpoint():
     sd = model.state_dict()
     count = lambda prefix: sum(v.numel() for k, v in sd.items()  # noqa: E731
                                if k.startswith(prefix) and "running" not in k and "num_batches" not in k)
-    # numbers from shared/formats/hfailab-clipgen-vqgan.json (param_counts)
+    # numbers from tests/data/formats/hfailab-clipgen-vqgan.json (param_counts)
     assert count("encoder.") == 29363968
     assert count("decoder.") == 42515587
     assert count("quantizer.") == 4194304
