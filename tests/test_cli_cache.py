@@ -370,6 +370,19 @@ def test_a_statistics_file_damaged_past_its_key_is_computed_again(tmp_path):
     assert cached is False and np.array_equal(again.mu, stats.mu)
 
 
+def test_a_statistics_file_with_one_bit_flipped_in_its_features_is_computed_again(tmp_path):
+    reference = torch.randint(0, 256, (6, 3, 8, 8), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    ctx = make_ctx(TensorDataset(reference), str(tmp_path))
+    stats, _ = reference_stats(ctx, MeanColour(), 0, 4)
+    (path,) = (tmp_path / "stats").glob("*.npz")  # as written: members stored uncompressed, each with its CRC-32
+    data = bytearray(path.read_bytes())
+    at = data.index(stats.features.tobytes())  # the raw features, found in the file
+    data[at + 3] ^= 0x01
+    path.write_bytes(bytes(data))
+    again, cached = reference_stats(ctx, MeanColour(), 0, 4)
+    assert cached is False and np.array_equal(again.features, stats.features)
+
+
 def test_a_cache_folder_under_an_unknown_home_is_one_line(tmp_path):
     result = bench_cache(Path("~nosuchuser-clipgen/cache"), "ls")
     assert result.exit_code == 2 and result.output.startswith("error: BENCH_CACHE='~nosuchuser-clipgen/cache'"), \
