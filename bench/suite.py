@@ -112,7 +112,13 @@ class Suite:
         return self.system(alias).seeds or self.generation.seeds
 
     def hash(self) -> str:
-        return hashlib.sha256(json.dumps(self.resolved, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        """12 hex digits naming the suite as checked (a results row's `suite_hash`): includes merged, overrides
+        applied, defaults filled in and paths resolved, so two spellings of one suite share it while one file whose
+        relative paths or $VARS lead to other folders does not."""
+        checked = dataclasses.asdict(self)
+        for provenance_only in ("path", "resolved", "overrides"):
+            del checked[provenance_only]
+        return hashlib.sha256(json.dumps(checked, sort_keys=True, default=str).encode()).hexdigest()[:12]
 
 
 # ---- YAML with line numbers -----------------------------------------------------------------

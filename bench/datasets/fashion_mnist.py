@@ -187,8 +187,10 @@ def caption_for(label: int, template: str) -> str:
     return template.format(PHRASES[label])
 
 
-def _templates_sha() -> str:
-    return hashlib.sha256(repr((PHRASES, SEEN_TEMPLATES, HELD_OUT_TEMPLATES)).encode()).hexdigest()[:12]
+def _templates_sha(*templates: list[str]) -> str:
+    """A hash of the phrases and the `templates` that write captions (the evaluation uses both sets, the training
+    pairs only the seen templates)."""
+    return hashlib.sha256(repr((PHRASES, *templates)).encode()).hexdigest()[:12]
 
 
 class FashionMNIST(Dataset):
@@ -248,7 +250,7 @@ class FashionMNIST(Dataset):
         return {"name": self.name, "resolution": a.resolution, "seed": a.seed, "num_captions": a.num_captions,
                 "held_out_fraction": a.held_out_fraction, "num_reference": a.num_reference,
                 "train_limit": a.train_limit, "num_pairs": a.num_pairs, "pairs_split": "last-num_pairs-of-train", "resize": a.resize,
-                "templates_sha": _templates_sha(), "data_sha256": self.data_sha256()}
+                "templates_sha": _templates_sha(SEEN_TEMPLATES, HELD_OUT_TEMPLATES), "data_sha256": self.data_sha256()}
 
     def split_identity(self, split: str) -> dict:
         # both splits are slices of the train arrays; pairs add seeded captions from the seen templates
@@ -258,7 +260,7 @@ class FashionMNIST(Dataset):
         ident = {"name": self.name, "split": split, "resolution": a.resolution, "resize": a.resize,
                  "train_limit": a.train_limit, "num_pairs": a.num_pairs, "data_sha256": self.data_sha256()}
         if split == "pairs":
-            ident.update(seed=a.seed, templates_sha=_templates_sha())
+            ident.update(seed=a.seed, templates_sha=_templates_sha(SEEN_TEMPLATES))
         return ident
 
     def data_sha256(self) -> str:

@@ -177,7 +177,8 @@ class ImageFolder(Dataset):
     def identity(self) -> dict:
         if self._stamp is None:
             self._stamp = files_stamp(self.paths(), self.root)
-        return {"name": self.name, "resolution": self.resolution, "seed": self.args.seed,
+        return {"name": self.name, "resolution": self.resolution,
+                "seed": self.args.seed if self.args.shuffle else None,  # the seed only orders a shuffled folder
                 "count": len(self.paths()), "files_sha256": self._stamp, "shuffle": self.args.shuffle,
                 "resample": self.args.resample}
 

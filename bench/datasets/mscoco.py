@@ -176,8 +176,8 @@ class MSCOCO(Dataset):
 
     def _files_stamp(self, which: str) -> str:
         """files_stamp (relative path and size) of the reference images ("reference"), of a training split other
-        than val-rest ("train": its captions file and folder) or of every file the dataset reads ("all": captions
-        files, captioned eval images, the training folder), computed once."""
+        than val-rest ("train": its image folder; "pairs": its captions file too) or of every file the dataset
+        reads ("all": captions files, captioned eval images, the training folder), computed once."""
         if which not in self._stamps:
             a = self.args
             paths = []
@@ -186,9 +186,10 @@ class MSCOCO(Dataset):
             if which == "all":
                 paths = [captions_json(self.root, a.eval_split)]
                 paths += [self._eval_path(i) for i in self.eval_index().image_ids]
-            if which in ("train", "all") and a.train_split != "val-rest":
+            if which in ("train", "pairs", "all") and a.train_split != "val-rest":
                 folder = os.path.join(self.root, a.train_split)
-                paths += [captions_json(self.root, a.train_split)]
+                if which != "train":  # image-only training never reads the training split's captions
+                    paths += [captions_json(self.root, a.train_split)]
                 paths += [os.path.join(folder, p) for p in list_images(folder)]
             try:
                 self._stamps[which] = files_stamp(paths, self.root)
@@ -216,7 +217,7 @@ class MSCOCO(Dataset):
         size = {"train": ("max_train_images", a.max_train_images), "pairs": ("num_pairs", a.num_pairs)}[split]
         return {"name": self.name, "split": split, "resolution": a.resolution, "seed": a.seed,
                 "train_split": a.train_split, size[0]: size[1], "resample": a.resample, "crop": "centre",
-                "files_sha256": self._files_stamp("train")}
+                "files_sha256": self._files_stamp(split)}
 
     def eval_captions(self) -> list[CaptionItem]:
         return list(self._drawn()[0])
