@@ -9,6 +9,7 @@ from reference.gpt import GPT
 from reference.sample import sample_tokens
 
 TINY = get_preset("tiny").gpt
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny per-step ops: one thread is far faster on a busy CPU
 
 
 def small_cfg(**kw) -> GPTConfig:

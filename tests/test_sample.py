@@ -9,6 +9,7 @@ from reference.sample import draw, filter_logits, generate, mix_seed, rerank_sco
 from reference.vqgan import VQGAN
 
 TINY = get_preset("tiny")
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny per-step ops: one thread is far faster on a busy CPU
 VQ16 = with_overrides(TINY.vqgan, resolution=16)  # 4x4 tokens: short sequences keep the tests fast
 
 
