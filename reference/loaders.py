@@ -112,10 +112,6 @@ def _container_weights(obj: Any, path: str, entry: str) -> tuple[dict[str, Tenso
     raise ValueError(f"{path}: no {entry!r} entry (top-level entries: {', '.join(top[:12]) or 'none'})")
 
 
-def _strip_prefix(sd: dict[str, Tensor], prefix: str) -> dict[str, Tensor]:
-    return {k[len(prefix):]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
 def _need(sd: dict[str, Tensor], key: str, path: str, ndim: int | None = None) -> Tensor:
     if key not in sd:
         raise ValueError(f"{path}: missing key {key!r}")
