@@ -188,35 +188,38 @@ def train_vqgan(images: Tensor, cfg: VQGANConfig | str = "tiny", steps: int | No
     model.train()
     end = steps if stop_after is None else min(steps, stop_after)
     loop = _Loop(save if checkpoint_dir is not None else None, checkpoint_every, steps, start, "vqgan", progress)
-    for step in range(start, end):
-        for group in opt.param_groups:
-            group["lr"] = lr if cfg.lr_schedule == "constant" else lr_at(step, lr, warmup, steps)
-        x = to_float(images[batches(step)]).to(dev)
-        x_rec, idx, qloss, z = model(x)
-        rec = reconstruction_loss(x, x_rec, cfg)
-        nll = rec + (cfg.perceptual_weight * perceptual(x, x_rec) if perceptual is not None else 0.0)
-        loss = nll + qloss
-        use_gan = cfg.gan_weight > 0 and step >= gan_from
-        if use_gan:
-            g_loss = -model.discriminator(x_rec).mean()
-            w = adaptive_gan_weight(nll, g_loss, model.decoder.final[-1].weight)
-            loss = loss + cfg.gan_weight * w * g_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if use_gan:
-            d_loss = hinge_d_loss(model.discriminator(x), model.discriminator(x_rec.detach()))
-            opt_d.zero_grad(set_to_none=True)
-            d_loss.backward()
-            opt_d.step()
-        if cfg.restart_dead_every and (step + 1) % cfg.restart_dead_every == 0 and step < cfg.restart_dead_until:
-            z_flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # [B,D,h,w] -> [B*h*w,D]
-            restarted += model.quantizer.restart_dead(z_flat, _step_generator(seed, "restart", step))
-        if step % 10 == 0 or step == steps - 1:
-            stats = codebook_stats(idx, cfg.codebook_size)
-            history.append({"step": step, "rec": float(rec.detach()), "q": float(qloss.detach()), **stats})
-            loop.bar.set_postfix(rec=f"{float(rec.detach()):.4f}", usage=f"{stats['usage']:.2f}", refresh=False)
-        loop.step_done(step)
+    rng_ctx = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
+    with rng_ctx:
+        for step in range(start, end):
+            torch.manual_seed(mix_seed(seed, "dropout", step))  # dropout: seeded by the step, so resume is exact
+            for group in opt.param_groups:
+                group["lr"] = lr if cfg.lr_schedule == "constant" else lr_at(step, lr, warmup, steps)
+            x = to_float(images[batches(step)]).to(dev)
+            x_rec, idx, qloss, z = model(x)
+            rec = reconstruction_loss(x, x_rec, cfg)
+            nll = rec + (cfg.perceptual_weight * perceptual(x, x_rec) if perceptual is not None else 0.0)
+            loss = nll + qloss
+            use_gan = cfg.gan_weight > 0 and step >= gan_from
+            if use_gan:
+                g_loss = -model.discriminator(x_rec).mean()
+                w = adaptive_gan_weight(nll, g_loss, model.decoder.final[-1].weight)
+                loss = loss + cfg.gan_weight * w * g_loss
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if use_gan:
+                d_loss = hinge_d_loss(model.discriminator(x), model.discriminator(x_rec.detach()))
+                opt_d.zero_grad(set_to_none=True)
+                d_loss.backward()
+                opt_d.step()
+            if cfg.restart_dead_every and (step + 1) % cfg.restart_dead_every == 0 and step < cfg.restart_dead_until:
+                z_flat = z.detach().permute(0, 2, 3, 1).reshape(-1, z.shape[1])  # [B,D,h,w] -> [B*h*w,D]
+                restarted += model.quantizer.restart_dead(z_flat, _step_generator(seed, "restart", step))
+            if step % 10 == 0 or step == steps - 1:
+                stats = codebook_stats(idx, cfg.codebook_size)
+                history.append({"step": step, "rec": float(rec.detach()), "q": float(qloss.detach()), **stats})
+                loop.bar.set_postfix(rec=f"{float(rec.detach()):.4f}", usage=f"{stats['usage']:.2f}", refresh=False)
+            loop.step_done(step)
     seconds = loop.finish(end)
     model.eval()
     stats = {"steps": end, "seconds": round(seconds, 2), "restarted_codes": restarted, "history": history,

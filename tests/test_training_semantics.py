@@ -249,6 +249,21 @@ def test_vqgan_resume_with_the_gan_is_exact(tmp_path):
         assert torch.equal(p, q), k
 
 
+def test_vqgan_resume_with_dropout_is_exact(tmp_path):
+    """Dropout masks come from a generator seeded by (seed, step), as the GPT's do, so a resumed run draws the masks
+    the uninterrupted run drew."""
+    cfg = with_overrides(VQ16, dropout=0.3, restart_dead_every=0)
+    imgs = images(8)
+    kw = dict(steps=4, seed=2, progress=False, batch_size=4, lr=1e-3)
+    straight, _ = train_vqgan(imgs, cfg, **kw)
+    train_vqgan(imgs, cfg, checkpoint_dir=tmp_path / "v", stop_after=2, **kw)
+    resumed, _ = train_vqgan(imgs, cfg, checkpoint_dir=tmp_path / "v", resume=True, **kw)
+    for (k, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), k
+    without, _ = train_vqgan(imgs, with_overrides(cfg, dropout=0.0), **kw)
+    assert not torch.equal(without.decoder.final[-1].weight, straight.decoder.final[-1].weight)  # dropout acts
+
+
 def test_lr_schedule_anchors():
     """Linear warm-up reaching lr on its last step, cosine from lr down to min_ratio * lr at `total`."""
     lr, warmup, total, r = 2.0, 4, 24, 0.25
