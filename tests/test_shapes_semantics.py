@@ -131,6 +131,19 @@ def test_without_held_out_pairs_every_caption_is_seen():
     assert len(combos) == 96 and all(it.info["split"] == "seen" for it in items)
 
 
+def test_a_held_out_pair_is_one_pair_however_it_is_spelled():
+    """Extra spaces, repeats or another order name the same held-out set: the same captions, tagged held-out, and
+    the same identity (cache keys)."""
+    plain = make(held_out=("red square", "blue circle"), num_captions=16)
+    for spelling in (("red  square", " blue circle"), ("blue circle", "red square", "red square")):
+        other = make(held_out=spelling, num_captions=16)
+        assert [(it.caption, it.info) for it in other.eval_captions()] == \
+            [(it.caption, it.info) for it in plain.eval_captions()]
+        assert other.identity() == plain.identity() and other.split_identity("pairs") == plain.split_identity("pairs")
+    tagged = {(it.info["colour"], it.info["shape"]) for it in plain.eval_captions() if it.info["split"] == "held-out"}
+    assert tagged == {("red", "square"), ("blue", "circle")}
+
+
 def test_seed_decides_everything_and_nothing_else_does():
     a, b, c = make(), make(), make(seed=1)
     assert [it.caption for it in a.eval_captions()] == [it.caption for it in b.eval_captions()]

@@ -72,13 +72,15 @@ class ShapesDataset(Dataset):
         self.seed = seed
         self.train_size = train_size
         self.pairs_size = pairs_size
-        self.held_out = tuple(held_out)
-        for pair in self.held_out:
+        for pair in held_out:
             words = pair.split()
             if len(words) != 2 or words[0] not in COLOURS or words[1] not in SHAPES:
                 raise UserError(f"shapes: held_out entry {pair!r} is not 'colour shape'; colours: "
                                 f"{', '.join(COLOURS)}; shapes: {', '.join(SHAPES)}")
-        held = {tuple(p.split()) for p in self.held_out}
+        held = {tuple(p.split()) for p in held_out}
+        self._held = held
+        # one spelling per set of pairs ("red  square" is "red square"; order and repeats change nothing)
+        self.held_out = tuple(sorted(" ".join(pair) for pair in held))
         combos = [(c, s, p) for c in COLOURS for s in SHAPES for p in POSITIONS]
         self.all_combos = combos
         # eval captions cycle through a fixed shuffle, so any prefix (--limit) is varied
@@ -154,7 +156,7 @@ class ShapesDataset(Dataset):
 
     # ---- rendering ------------------------------------------------------------------------
     def _info(self, colour: str, shape: str, position: str) -> dict:
-        split = "held-out" if f"{colour} {shape}" in self.held_out else "seen"
+        split = "held-out" if (colour, shape) in self._held else "seen"
         return {"colour": colour, "shape": shape, "position": position, "split": split}
 
     def _draw_combos(self, pool: list, n: int, stream: str) -> list:
