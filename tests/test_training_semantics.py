@@ -22,22 +22,17 @@ from reference.train import (clip_reconstruction_loss, lr_at, perturb_embeddings
                              train_vqgan)
 from reference.vqgan import VQGAN, VectorQuantizer, adaptive_gan_weight, hinge_d_loss, reconstruction_loss
 
+try:  # tests/ as a package or as a plain folder on sys.path
+    from tests.test_train import images  # a coloured square on a dark background per image, uint8 [n,3,res,res]
+except ImportError:
+    from test_train import images
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 TINY = get_preset("tiny")
 VQ16 = with_overrides(TINY.vqgan, resolution=16)  # 4x4 tokens
 GPT16 = with_overrides(TINY.gpt, n_layer=2, n_embd=32, n_head=4, ffn_dim=64, cond_dim=8, grid=4, n_pos=16,
                        batch_size=8, warmup=3)
-
-
-def images(n, res=16, seed=0):
-    """A coloured square on a dark background per image, uint8 [n,3,res,res]."""
-    g = torch.Generator().manual_seed(seed)
-    img = torch.full((n, 3, res, res), 20, dtype=torch.uint8)
-    for i in range(n):
-        y, x = (int(v) for v in torch.randint(0, res // 2, (2,), generator=g))
-        img[i, :, y:y + res // 2, x:x + res // 2] = torch.randint(60, 255, (3, 1, 1), generator=g, dtype=torch.uint8)
-    return img
 
 
 def record_steps(monkeypatch, optimizer_cls):
@@ -237,9 +232,8 @@ def test_vqgan_step_gradients_match_a_hand_written_loss(monkeypatch):
         assert_grads(adam[2 * step + 1]["grads"], disc, want_disc, what=f"discriminator step {step}")
 
 
-def test_vqgan_resume_with_the_gan_is_exact(tmp_path):
-    """Resuming restores the discriminator's optimizer too (its Adam moments shape every later D step)."""
-    cfg = with_overrides(VQ16, gan_weight=0.5, gan_start=0, disc_layers=2, restart_dead_every=0)
+def _resumed_equals_straight(cfg, tmp_path):
+    """Train 4 steps straight, and 2 + 2 with a checkpoint between: the same weights, exactly. Returns the first."""
     imgs = images(8)
     kw = dict(steps=4, seed=2, progress=False, batch_size=4, lr=1e-3)
     straight, _ = train_vqgan(imgs, cfg, **kw)
@@ -247,20 +241,22 @@ def test_vqgan_resume_with_the_gan_is_exact(tmp_path):
     resumed, _ = train_vqgan(imgs, cfg, checkpoint_dir=tmp_path / "v", resume=True, **kw)
     for (k, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(p, q), k
+    return straight
+
+
+def test_vqgan_resume_with_the_gan_is_exact(tmp_path):
+    """Resuming restores the discriminator's optimizer too (its Adam moments shape every later D step)."""
+    _resumed_equals_straight(with_overrides(VQ16, gan_weight=0.5, gan_start=0, disc_layers=2, restart_dead_every=0),
+                             tmp_path)
 
 
 def test_vqgan_resume_with_dropout_is_exact(tmp_path):
     """Dropout masks come from a generator seeded by (seed, step), as the GPT's do, so a resumed run draws the masks
     the uninterrupted run drew."""
     cfg = with_overrides(VQ16, dropout=0.3, restart_dead_every=0)
-    imgs = images(8)
-    kw = dict(steps=4, seed=2, progress=False, batch_size=4, lr=1e-3)
-    straight, _ = train_vqgan(imgs, cfg, **kw)
-    train_vqgan(imgs, cfg, checkpoint_dir=tmp_path / "v", stop_after=2, **kw)
-    resumed, _ = train_vqgan(imgs, cfg, checkpoint_dir=tmp_path / "v", resume=True, **kw)
-    for (k, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
-        assert torch.equal(p, q), k
-    without, _ = train_vqgan(imgs, with_overrides(cfg, dropout=0.0), **kw)
+    straight = _resumed_equals_straight(cfg, tmp_path)
+    without, _ = train_vqgan(images(8), with_overrides(cfg, dropout=0.0), steps=4, seed=2, progress=False,
+                             batch_size=4, lr=1e-3)
     assert not torch.equal(without.decoder.final[-1].weight, straight.decoder.final[-1].weight)  # dropout acts
 
 
