@@ -24,6 +24,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import zlib
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -132,7 +133,7 @@ def read_idx(path: str, magic: int) -> np.ndarray:
     try:
         with opener(path, "rb") as f:
             data = f.read()
-    except (OSError, EOFError) as err:
+    except (OSError, EOFError, zlib.error) as err:  # zlib.error: a corrupted gzip body
         raise UserError(f"cannot read {path}: {err}") from None
     ndim = magic & 0xFF
     header = 4 + 4 * ndim
@@ -202,7 +203,7 @@ class FashionMNIST(Dataset):
         self._arrays: dict[str, np.ndarray] | None = None
         self._captions: list[CaptionItem] | None = None
         self._split_test: tuple[np.ndarray, list[np.ndarray]] | None = None
-        self._data_sha: str | None = None
+        self._data_sha: dict[tuple[str, ...], str] = {}
 
     # -- raw data, loaded once on first use
     def arrays(self) -> dict[str, np.ndarray]:
@@ -263,14 +264,16 @@ class FashionMNIST(Dataset):
             ident.update(seed=a.seed, templates_sha=_templates_sha(SEEN_TEMPLATES))
         return ident
 
-    def data_sha256(self) -> str:
-        """A hash of the images and labels read (MNIST's IDX files have Fashion-MNIST's names and sizes)."""
-        if self._data_sha is None:
+    def data_sha256(self, roles: tuple[str, ...] = ()) -> str:
+        """A hash of the images and labels read (MNIST's IDX files have Fashion-MNIST's names and sizes), or of
+        only the named arrays (`roles`, e.g. ("test-images",))."""
+        roles = tuple(sorted(roles or self.arrays()))
+        if roles not in self._data_sha:
             h = hashlib.sha256()
-            for role, array in sorted(self.arrays().items()):
-                h.update(role.encode() + np.ascontiguousarray(array).tobytes())
-            self._data_sha = h.hexdigest()[:16]
-        return self._data_sha
+            for role in roles:
+                h.update(role.encode() + np.ascontiguousarray(self.arrays()[role]).tobytes())
+            self._data_sha[roles] = h.hexdigest()[:16]
+        return self._data_sha[roles]
 
     def attributes(self) -> dict[str, list[str]]:
         return {"class": list(CLASSES)}
@@ -339,8 +342,9 @@ class FashionMNIST(Dataset):
 
     def reference_key(self) -> dict:
         a = self.args
+        # the reference images are test images only: train_limit or the train files do not move them
         return {"dataset": self.name, "split": "test", "count": a.num_reference, "resolution": a.resolution,
-                "seed": a.seed, "resize": a.resize, "data_sha256": self.data_sha256()}
+                "seed": a.seed, "resize": a.resize, "test_images_sha256": self.data_sha256(("test-images",))}
 
 
 @DATASETS.register("fashion-mnist", "70k real Fashion-MNIST images (IDX), template captions with held-out templates",
