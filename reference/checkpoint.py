@@ -24,8 +24,12 @@ KINDS = {"vqgan": VQGANConfig, "gpt": GPTConfig}
 
 def _atomic(path: Path, write) -> None:
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no partial file behind
+        raise
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, kind: str, train_state: dict | None = None,
@@ -49,11 +53,20 @@ def read_config(path: str | os.PathLike) -> tuple[str, object, dict]:
     cfg_path = Path(path) / "config.json"
     if not cfg_path.exists():
         raise FileNotFoundError(f"no checkpoint at {path} (missing {cfg_path.name})")
-    doc = json.loads(cfg_path.read_text())
+    try:
+        doc = json.loads(cfg_path.read_text())
+    except ValueError as err:  # JSONDecodeError, UnicodeDecodeError
+        raise ValueError(f"{cfg_path}: is not valid JSON ({first_line(err)})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("config"), dict):
+        raise ValueError(f"{cfg_path}: not a checkpoint config (expected an object with 'kind' and 'config')")
     kind = doc.get("kind")
     if kind not in KINDS:
         raise ValueError(f"{cfg_path}: unknown kind {kind!r}")
-    return kind, config_from_dict(KINDS[kind], doc["config"]), doc.get("meta", {})
+    try:
+        cfg = config_from_dict(KINDS[kind], doc["config"])
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{cfg_path}: not a valid {kind} config: {first_line(err)}") from None
+    return kind, cfg, doc.get("meta", {})
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu", train_state: bool = False):

@@ -740,23 +740,35 @@ def _write_folder(dst: Path, write) -> None:
         raise
 
 
+SUMMED_FILES = ("model.safetensors", "config.json")  # what a converted folder's SHA256SUMS must cover
+
+
 def write_sums(folder: Path) -> None:
-    lines = [f"{sha256_file(folder / n)}  {n}\n" for n in ("model.safetensors", "config.json")]
+    lines = [f"{sha256_file(folder / n)}  {n}\n" for n in SUMMED_FILES]
     tmp = folder / (SUMS_FILE + ".tmp")
     tmp.write_text("".join(lines))
     os.replace(tmp, folder / SUMS_FILE)
 
 
 def verify_sums(folder: str | os.PathLike) -> None:
-    """Check a converted folder against its SHA256SUMS (ValueError naming the first file that differs)."""
+    """Check a converted folder against its SHA256SUMS (ValueError naming the first file that differs, or one that
+    the sums should list and do not: an emptied or cut sums file verifies nothing)."""
     folder = Path(folder)
     sums = folder / SUMS_FILE
     if not sums.is_file():
         raise FileNotFoundError(f"{folder}: no {SUMS_FILE}")
-    for line in sums.read_text().splitlines():
+    lines = sums.read_text().splitlines()
+    listed = {ln.split(None, 1)[1].strip().lstrip("*") for ln in lines if len(ln.split(None, 1)) == 2}
+    unlisted = [n for n in SUMMED_FILES if n not in listed]
+    if unlisted:
+        raise ValueError(f"{sums}: lists no digest for {', '.join(unlisted)} (cut or emptied; convert again)")
+    for line in lines:
         if not line.strip():
             continue
-        digest, name = line.split(None, 1)
+        parts = line.split(None, 1)
+        if len(parts) != 2:
+            raise ValueError(f"{sums}: malformed line {line.strip()[:80]!r} (expected 'SHA256  NAME')")
+        digest, name = parts
         name = name.strip().lstrip("*")
         target = folder / name
         if not target.is_file():
