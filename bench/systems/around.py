@@ -26,21 +26,28 @@ class RandomCaption:
         self.inner = inner
         self.uses_captions = bool(getattr(inner, "uses_captions", False))
         self.tokens_per_image = getattr(inner, "tokens_per_image", 0)
-        self.captions = [it.caption for it in items]
+        self.items = list(items)
         self.by_id = {it.caption_id: it.caption for it in items}
 
-    def other_caption(self, caption_id: int, seed: int) -> str:
+    def other_item(self, caption_id: int, seed: int):
+        """Another eval caption (another text, not the same text under another id), drawn from the row's seed."""
         gen = torch.Generator().manual_seed(seed)
         own = self.by_id.get(caption_id)
         for _ in range(64):
-            pick = self.captions[int(torch.randint(len(self.captions), (1,), generator=gen))]
-            if pick != own:
+            pick = self.items[int(torch.randint(len(self.items), (1,), generator=gen))]
+            if pick.caption != own:
                 return pick
         return pick
 
+    def provenance(self) -> dict:
+        """How the misled system was made (its training, sampling settings): the rows name it as they would its own."""
+        return self.inner.provenance() if hasattr(self.inner, "provenance") else {}
+
     def generate(self, captions: list[str], caption_ids: list[int], seeds: list[int]) -> Tensor:
-        others = [self.other_caption(cid, s) for cid, s in zip(caption_ids, seeds)]
-        return self.inner.generate(others, caption_ids, seeds)
+        # the other caption's id goes with it: systems keyed by caption id (real-images, vqgan-recon,
+        # samples-folder) would otherwise show the right caption's image; the row keeps its own seed
+        others = [self.other_item(cid, s) for cid, s in zip(caption_ids, seeds)]
+        return self.inner.generate([o.caption for o in others], [o.caption_id for o in others], seeds)
 
 
 @SYSTEMS.register("random-caption", "another system conditioned on a different caption (how much the text "
@@ -89,7 +96,7 @@ class Retrieval:
     @torch.no_grad()
     def generate(self, captions: list[str], caption_ids: list[int], seeds: list[int]) -> Tensor:
         text = self.clip.encode_text(captions)  # [B,D]
-        best = (text @ self.pool_emb.T).argmax(dim=1)  # [B]
+        best = (text @ self.pool_emb.T).argmax(dim=1).cpu()  # [B]; the pool stays on the CPU, CLIP may not
         return self.pool[best]
 
 
