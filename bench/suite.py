@@ -290,9 +290,10 @@ def apply_override(data: dict, assignment: str, loc: _Located) -> None:
                                  f"allowed: an index 0..{len(node) - 1} or one of {', '.join(names)}")
             part = idx
         elif isinstance(node, dict):
-            if not last and part not in node:
-                node[part] = {}  # a section the file left out; the schema check judges the key
-                loc.where[tuple(walked) + (part,)] = (f"--set {assignment}", 1)
+            if not last and node.get(part) is None:  # a section the file left out or left empty (`generation:`)
+                if part not in node:  # the schema check judges the key
+                    loc.where[tuple(walked) + (part,)] = (f"--set {assignment}", 1)
+                node[part] = {}
         else:
             raise SuiteError(f"{where}:1: {key}: {_dotted(tuple(walked))} is a plain value, it has no {part!r}")
         walked.append(part)
@@ -411,9 +412,10 @@ class _Checker:
                 self.fail(path, f"expected an integer, got {_describe(value)}")
             return self._bounded(value, meta, path)
         if tp is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+            number = _number(value)
+            if number is None:
                 self.fail(path, f"expected a number, got {_describe(value)}")
-            return self._bounded(float(value), meta, path)
+            return self._bounded(number, meta, path)
         if tp is str:
             if not isinstance(value, str):
                 self.fail(path, f"expected a string, got {_describe(value)}")
@@ -450,6 +452,22 @@ class _Checker:
         if "choices" in meta and value not in meta["choices"]:
             self.fail(path, f"got {value!r}; allowed: {', '.join(map(str, meta['choices']))}")
         return value
+
+
+# Numbers with an exponent that PyYAML (YAML 1.1: a dot and a signed exponent) reads as text: 1e-3, 5E4, 2.5e3.
+# Nobody means those as strings; YAML 1.2 reads them as numbers. Other text, quoted "27.1" included, stays text.
+_EXPONENT_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)[eE][-+]?[0-9]+")
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a float where a number was written (1e-3 included), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, (int, float)):
+        return float(value)
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
+        return float(value)
+    return None
 
 
 def _describe(value: Any) -> str:
@@ -690,12 +708,12 @@ def _reported(c: _Checker, raw: Any) -> tuple[ReportedRow, ...]:
         parsed = []
         allowed = reportable_metric_names()
         for key, v in values.items():
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if _number(v) is None:
                 c.fail(p + ("values", key), f"expected a number, got {_describe(v)}")
             metric, _, variant = key.partition("/")
             if metric not in allowed:
                 c.fail(p + ("values", key), f"unknown metric {metric!r}; allowed: {', '.join(allowed)}")
-            parsed.append(ReportedValue(metric, variant, float(v)))
+            parsed.append(ReportedValue(metric, variant, _number(v)))
         rows.append(ReportedRow(entry["system"], entry["citation"], uses, tuple(parsed)))
     return tuple(rows)
 
