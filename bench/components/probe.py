@@ -11,6 +11,7 @@ The probe is not cached: it is the measurement.
 """
 from __future__ import annotations
 
+import statistics
 import time
 from dataclasses import dataclass, field
 
@@ -30,10 +31,6 @@ class ProbeArgs:
     speed_repeats: int = field(default=5, metadata={"min": 1, "help": "interleaved rounds per speed ratio"})
 
 
-def _median(xs: list[float]) -> float:
-    return sorted(xs)[len(xs) // 2]
-
-
 def interleaved_ratio(slow, fast, repeats: int) -> float:
     """median(slow) / median(fast), calling them alternately after one warm-up each."""
     slow(), fast()
@@ -45,7 +42,7 @@ def interleaved_ratio(slow, fast, repeats: int) -> float:
         t0 = time.perf_counter()
         fast()
         tf.append(time.perf_counter() - t0)
-    return _median(ts) / _median(tf)
+    return statistics.median(ts) / statistics.median(tf)
 
 
 class TrainingProbe:
