@@ -118,10 +118,12 @@ def start_child(cmd: list[str], log: Path, env: dict | None = None) -> subproces
 
 def stop_children(procs: list[subprocess.Popen]) -> None:
     """Interrupt the child processes still running, as Ctrl-C would (a build worker removes its unfinished temp
-    folder, a shard keeps the samples it wrote), and wait for them; kill one stuck for 20 s."""
+    folder, a shard keeps the samples it wrote), and wait for them; kill one stuck for 20 s. The signal is SIGTERM,
+    which every `bench` process turns into that interrupt (cli.main): SIGINT is ignored by a child of a run started
+    in the background (`bench run ... &` from a script), which then was killed 20 s later, without its cleanup."""
     for p in procs:
         if p.poll() is None:
-            p.send_signal(signal.SIGINT)
+            p.send_signal(signal.SIGTERM)
     for p in procs:
         try:
             p.wait(timeout=20)
