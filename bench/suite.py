@@ -708,12 +708,13 @@ def _reported(c: _Checker, raw: Any) -> tuple[ReportedRow, ...]:
         parsed = []
         allowed = reportable_metric_names()
         for key, v in values.items():
-            if _number(v) is None:
+            number = _number(v)
+            if number is None:
                 c.fail(p + ("values", key), f"expected a number, got {_describe(v)}")
             metric, _, variant = key.partition("/")
             if metric not in allowed:
                 c.fail(p + ("values", key), f"unknown metric {metric!r}; allowed: {', '.join(allowed)}")
-            parsed.append(ReportedValue(metric, variant, _number(v)))
+            parsed.append(ReportedValue(metric, variant, number))
         rows.append(ReportedRow(entry["system"], entry["citation"], uses, tuple(parsed)))
     return tuple(rows)
 

@@ -757,19 +757,18 @@ def verify_sums(folder: str | os.PathLike) -> None:
     sums = folder / SUMS_FILE
     if not sums.is_file():
         raise FileNotFoundError(f"{folder}: no {SUMS_FILE}")
-    lines = sums.read_text().splitlines()
-    listed = {ln.split(None, 1)[1].strip().lstrip("*") for ln in lines if len(ln.split(None, 1)) == 2}
-    unlisted = [n for n in SUMMED_FILES if n not in listed]
-    if unlisted:
-        raise ValueError(f"{sums}: lists no digest for {', '.join(unlisted)} (cut or emptied; convert again)")
-    for line in lines:
+    entries = []  # (digest, name)
+    for line in sums.read_text().splitlines():
         if not line.strip():
             continue
         parts = line.split(None, 1)
         if len(parts) != 2:
             raise ValueError(f"{sums}: malformed line {line.strip()[:80]!r} (expected 'SHA256  NAME')")
-        digest, name = parts
-        name = name.strip().lstrip("*")
+        entries.append((parts[0], parts[1].strip().lstrip("*")))
+    unlisted = [n for n in SUMMED_FILES if n not in {name for _, name in entries}]
+    if unlisted:
+        raise ValueError(f"{sums}: lists no digest for {', '.join(unlisted)} (cut or emptied; convert again)")
+    for digest, name in entries:
         target = folder / name
         if not target.is_file():
             raise FileNotFoundError(f"{folder}: {name} listed in {SUMS_FILE} is missing")
