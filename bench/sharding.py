@@ -49,20 +49,19 @@ def run_sharded(suite, suite_path: str, overrides, nproc: int, fresh: bool, out_
     try:
         for r, log in enumerate(logs):  # the suite path after '--': a suite named '-x.yaml'
             procs.append(start_child(base + ["--shard", f"{r}/{nproc}", "--", str(suite_path)], log))
-        codes = _wait_showing_progress(procs, runner, items, progress)
-    except BaseException:  # interrupted (Ctrl-C, SIGTERM) or failed here: no shard outlives the run
+        _wait_showing_progress(procs, logs, runner, items, progress)
+    except BaseException:  # a shard failed, or interrupted (Ctrl-C, SIGTERM): no shard outlives the run
         stop_children(procs)
         raise
-    failed = [r for r, c in enumerate(codes) if c != 0]
-    if failed:  # one shard's error says it all (they run the same code on the same suite)
-        raise child_failure(logs[failed[0]], codes[failed[0]], f"generation shard {failed[0]}/{nproc}")
     runner.generate_all(systems, items)  # nothing is missing unless a shard was cut short
     return runner, runner.measure(builder, dataset, items, systems)
 
 
-def _wait_showing_progress(procs: list[subprocess.Popen], runner: Runner, items, progress: bool) -> list[int]:
+def _wait_showing_progress(procs: list[subprocess.Popen], logs, runner: Runner, items, progress: bool) -> None:
     """Wait for the shard processes (which run quietly), with one bar counting the samples they write and naming
-    the system they are at. No time estimate: systems differ in speed by 1000x (vqgan-clip against retrieval)."""
+    the system they are at. No time estimate: systems differ in speed by 1000x (vqgan-clip against retrieval).
+    The first shard to fail raises its error at once (the caller stops the others): they run the same code on the
+    same suite, so its error says it all, and the others would run on for nothing."""
     folders = {f"{spec.alias} seed {seed}": runner.sample_dir(spec.alias, seed) for spec in runner.suite.systems
                for seed in runner.suite.seeds_of(spec.alias)}
     wanted = {f"{it.caption_id:06d}.png" for it in items}
@@ -78,14 +77,17 @@ def _wait_showing_progress(procs: list[subprocess.Popen], runner: Runner, items,
         running = True
         while running:
             time.sleep(1.0)
-            running = any(p.poll() is None for p in procs)  # before counting: the last count sees every sample
+            codes = [p.poll() for p in procs]  # before counting: the last count sees every sample
+            failed = next((r for r, code in enumerate(codes) if code not in (None, 0)), None)
+            if failed is not None:
+                raise child_failure(logs[failed], codes[failed], f"generation shard {failed}/{len(procs)}")
+            running = None in codes
             done = counts()
             at = next((name for name, n in done.items() if n < len(wanted)), "")
             bar.set_postfix_str(at, refresh=False)
             bar.update(sum(done.values()) - bar.n)
     finally:
         bar.close()
-    return [p.wait() for p in procs]
 
 
 def torchrun_world() -> int:

@@ -560,6 +560,26 @@ def test_a_failing_shard_stops_the_run_naming_it_and_writes_no_results(tmp_path,
     assert not list((tmp_path / "run").glob("results.*")) and pngs(tmp_path / "run") == set()
 
 
+def test_a_failing_shard_stops_the_shards_still_running(tmp_path, monkeypatch):
+    """Shard 1 fails while shard 0 would run for 10 minutes: the run stops shard 0 and names shard 1 at once."""
+    path = tmp_path / "shards.yaml"
+    path.write_text(SHARDS)
+    real_start, procs = bench.sharding.start_child, []
+
+    def start(cmd, log, env=None):
+        slow = cmd[cmd.index("--shard") + 1] == "0/2"
+        code = "import time; time.sleep(600)" if slow else "print('boom in the shard'); raise SystemExit(1)"
+        procs.append(real_start([sys.executable, "-c", code], log, env))
+        return procs[-1]
+
+    monkeypatch.setattr(bench.sharding, "start_child", start)
+    with pytest.raises(RuntimeError, match=r"generation shard 1/2 failed \(exit 1\)"):
+        run_sharded(load_suite(path), str(path), (), 2, fresh=False, out_dir=tmp_path / "run", device="cpu",
+                    limit=None, progress=False)
+    assert len(procs) == 2 and procs[0].poll() is not None  # stopped, not left sleeping
+    assert not list((tmp_path / "run").glob("results.*"))
+
+
 def test_an_interrupted_sharded_run_stops_its_shards(tmp_path, monkeypatch):
     path = tmp_path / "shards.yaml"
     path.write_text(SHARDS)
