@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from bench.api import UserError
+from bench.datasets.base import build_dataset
 from bench.runner import Runner, check_resources
 from bench.suite import load_suite
 from bench.systems.samples_folder import SamplesFolder, SamplesFolderArgs, missing_resources
@@ -132,3 +133,28 @@ def test_a_mapping_outside_the_folder_is_part_of_what_the_samples_are_made_of(fo
 
     first = made_of({"0": "3.png", "1": "000007.jpg"})
     assert made_of({"0": "000007.jpg", "1": "3.png"}) != first  # the same size: only the mtime tells them apart
+
+
+def test_random_caption_of_a_samples_folder_needs_every_eval_caption_before_generating(tmp_path):
+    """random-caption may hand any eval caption to the folder, not only the run's 4 (--limit): a folder with just
+    those stops the run before anything is generated, naming random-caption; with every caption's image it runs."""
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    (tmp_path / "s.yaml").write_text(
+        f"suite: s\nversion: 1\ndataset: {{name: shapes, resolution: 16, num_captions: 12, train_size: 1, "
+        f"pairs_size: 1}}\ngeneration: {{seeds: [0], warmup: false}}\n"
+        f"systems: [{{name: samples-folder, alias: pub, args: {{path: {samples}}}}}, "
+        f"{{name: random-caption, args: {{of: pub}}}}]\nmetrics: [{{name: throughput}}]\n")
+    suite = load_suite(tmp_path / "s.yaml")
+    ids = [it.caption_id for it in build_dataset(suite.dataset).eval_captions()]
+    assert len(ids) == 12
+    for cid in ids[:4]:
+        _write(samples / f"{cid}.png", (cid, 0, 0))
+    out = tmp_path / "run"
+    with pytest.raises(UserError, match=r"^random-caption hands .* any eval caption.*\(8 of the 12 captions have none\)"):
+        Runner(suite, out_dir=out, limit=4, progress=False, cache=tmp_path / "cache").run()
+    assert not out.exists()
+    for cid in ids[4:]:
+        _write(samples / f"{cid}.png", (cid, 0, 0))
+    results = Runner(suite, out_dir=out, limit=4, progress=False, cache=tmp_path / "cache").run()
+    assert set(results.frame().system) == {"pub", "random-caption"}

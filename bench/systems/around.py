@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
+from bench.api import UserError
 from bench.registry import SYSTEMS
 
 
@@ -42,6 +43,16 @@ class RandomCaption:
     def provenance(self) -> dict:
         """How the misled system was made (its training, sampling settings): the rows name it as they would its own."""
         return self.inner.provenance() if hasattr(self.inner, "provenance") else {}
+
+    def check_captions(self, caption_ids: list[int]) -> None:
+        """Any eval caption may be handed over, not only the run's (`--limit`): the misled system must serve them all
+        (a samples-folder holding only the run's captions would otherwise fail midway through generating)."""
+        if hasattr(self.inner, "check_captions"):
+            try:
+                self.inner.check_captions([it.caption_id for it in self.items])
+            except UserError as err:
+                raise UserError(f"random-caption hands the system it misleads any eval caption, not only the "
+                                f"run's: {err}") from None
 
     def generate(self, captions: list[str], caption_ids: list[int], seeds: list[int]) -> Tensor:
         # the other caption's id goes with it: systems keyed by caption id (real-images, vqgan-recon,
