@@ -4,13 +4,19 @@ A checkpoint is a folder:
     model.safetensors   the module's state_dict (persistent buffers included)
     config.json         {"kind": "vqgan" | "gpt", "config": {...}, "meta": {...}}
     train_state.pt      optional: optimizer / scheduler state, step, anything needed to resume exactly
-Files are written under a temporary name and renamed, so an interrupted save never leaves a half-written file.
+A save is whole: every file is written under a temporary name first, then all are renamed with Ctrl-C and SIGTERM
+held off, and files of an earlier save that this one does not write (train_state.pt, SHA256SUMS) are removed,
+so an interrupted save leaves the previous checkpoint, never a mix of two (weights of one step, optimiser
+state of another).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
+import signal
+import threading
 from pathlib import Path
 
 import torch
@@ -22,29 +28,56 @@ from reference.errors import first_line
 KINDS = {"vqgan": VQGANConfig, "gpt": GPTConfig}
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
+SUMS_FILE = "SHA256SUMS"  # sha256sum -c lines over model.safetensors and config.json (reference/loaders.py)
+OPTIONAL_FILES = ("train_state.pt", SUMS_FILE)  # a save that does not write one removes an earlier save's
+
+
+@contextlib.contextmanager
+def _signals_held():
+    """Ctrl-C and SIGTERM wait (are delivered on leaving) while the block runs; a no-op off the main thread."""
+    held = {signal.SIGINT, signal.SIGTERM}
+    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
     try:
-        write(tmp)
-        os.replace(tmp, path)
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _write_whole(folder: Path, writers: dict) -> None:
+    """Write {file name: write(path)} into `folder` as one save (see the module docstring)."""
+    tmps = {name: folder / (name + ".tmp") for name in writers}
+    try:
+        for name, write in writers.items():
+            write(tmps[name])
     except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write leaves no partial file behind
+        for tmp in tmps.values():
+            tmp.unlink(missing_ok=True)  # a failed write leaves no partial file behind
         raise
+    with _signals_held():
+        for name, tmp in tmps.items():
+            os.replace(tmp, folder / name)
+        for name in OPTIONAL_FILES:
+            if name not in writers:
+                (folder / name).unlink(missing_ok=True)
 
 
 def save_checkpoint(path: str | os.PathLike, model: torch.nn.Module, kind: str, train_state: dict | None = None,
                     meta: dict | None = None) -> Path:
-    """Write model weights + config (+ train_state) into the folder ``path``; returns it."""
+    """Write model weights + config (+ train_state) into the folder ``path`` as one save; returns it."""
     if kind not in KINDS:
         raise ValueError(f"unknown checkpoint kind {kind!r}; known: {', '.join(KINDS)}")
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous().clone() for k, v in model.state_dict().items()}
-    _atomic(path / "model.safetensors", lambda p: save_file(state, str(p)))
     doc = {"kind": kind, "config": config_to_dict(model.cfg), "meta": meta or {}}
-    _atomic(path / "config.json", lambda p: p.write_text(json.dumps(doc, indent=1, sort_keys=True)))
+    writers = {"model.safetensors": lambda p: save_file(state, str(p)),
+               "config.json": lambda p: p.write_text(json.dumps(doc, indent=1, sort_keys=True))}
     if train_state is not None:
-        _atomic(path / "train_state.pt", lambda p: torch.save(train_state, p))
+        writers["train_state.pt"] = lambda p: torch.save(train_state, p)
+    _write_whole(path, writers)
     return path
 
 

@@ -68,13 +68,13 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
+from reference.checkpoint import SUMS_FILE
 from reference.configs import PAPER, GPTConfig, VQGANConfig
 from reference.errors import first_line, refuse_blank_path
 from reference.safe_unpickle import safe_torch_load
 
 KINDS = ("hfailab-vqgan", "hfailab-gpt", "taming-vqgan", "checkpoint", "clip")
 CONVERTIBLE = ("hfailab-vqgan", "hfailab-gpt", "taming-vqgan")
-SUMS_FILE = "SHA256SUMS"
 
 
 @dataclass

@@ -28,7 +28,7 @@ from reference.configs import PAPER, get_preset, with_overrides  # noqa: E402
 from reference.gpt import GPT  # noqa: E402
 from reference.loaders import (OverrideError, build_foreign, convert, detect_kind,  # noqa: E402
                                infer_hfailab_gpt_config, infer_hfailab_vqgan_config, infer_taming_vqgan_config,
-                               load_pretrained, verify_sums)
+                               load_pretrained, verify_sums, write_sums)
 from reference.safe_unpickle import Stub, safe_loads, safe_torch_load  # noqa: E402
 
 OVER = dict(norm_groups=4, grid=2)  # what the small paper-structure VQGAN of test_loaders needs
@@ -474,3 +474,66 @@ def test_safe_torch_load_reads_into_memory_unless_mmap_is_asked_for(tmp_path):
         f.write(bytes(4 * 4096))
     assert torch.equal(loaded["model"]["w"], w)
     assert not mapped["model"]["w"].any()  # a mapped read follows the file (the check above is not vacuous)
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in folder.iterdir()}
+
+
+def test_a_save_failing_at_its_last_file_keeps_the_whole_previous_checkpoint(tmp_path, monkeypatch):
+    """Training saves weights, config and train_state.pt into one folder: a failure writing train_state.pt must not
+    leave the new weights beside the previous step's optimiser state (a resume would then be silently wrong)."""
+    import reference.checkpoint as ck
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "g", GPT(SMALL_GPT), "gpt", {"step": 1}, meta={"steps": 1})
+    before = _files(tmp_path / "g")
+
+    def full_disk(obj, path):
+        Path(path).write_bytes(b"partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    with pytest.raises(OSError):
+        save_checkpoint(tmp_path / "g", GPT(SMALL_GPT), "gpt", {"step": 2}, meta={"steps": 2})
+    assert _files(tmp_path / "g") == before  # every file of step 1, no temporary one
+
+
+def test_a_save_removes_the_optional_files_of_an_earlier_save(tmp_path):
+    """train_state.pt and SHA256SUMS belong to the save that wrote them: a later save without them removes them, so
+    neither a stale optimiser state nor sums of other weights stay beside the new weights."""
+    torch.manual_seed(0)
+    folder = save_checkpoint(tmp_path / "g", GPT(SMALL_GPT), "gpt", {"step": 1})
+    write_sums(folder)
+    assert {"train_state.pt", "SHA256SUMS"} <= set(_files(folder))
+    second = GPT(SMALL_GPT)
+    save_checkpoint(folder, second, "gpt")
+    assert set(_files(folder)) == {"model.safetensors", "config.json"}
+    model, state, _ = load_checkpoint(folder, train_state=True)
+    assert state is None and all(torch.equal(model.state_dict()[k], v) for k, v in second.state_dict().items())
+
+
+def test_ctrl_c_while_a_save_renames_its_files_waits_until_every_file_is_in_place(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import reference.checkpoint as ck
+
+    torch.manual_seed(0)
+    save_checkpoint(tmp_path / "g", GPT(SMALL_GPT), "gpt", {"step": 1})
+    renamed, real_replace = [], os.replace
+
+    def replace_then_ctrl_c(src, dst):  # Ctrl-C arrives just after the first rename
+        real_replace(src, dst)
+        renamed.append(Path(dst).name)
+        if len(renamed) == 1:
+            os.kill(os.getpid(), signal.SIGINT)
+
+    monkeypatch.setattr(ck.os, "replace", replace_then_ctrl_c)
+    second = GPT(SMALL_GPT)
+    with pytest.raises(KeyboardInterrupt):  # still delivered, once the save is whole
+        save_checkpoint(tmp_path / "g", second, "gpt", {"step": 2})
+    monkeypatch.undo()
+    assert sorted(renamed) == ["config.json", "model.safetensors", "train_state.pt"]
+    model, state, _ = load_checkpoint(tmp_path / "g", train_state=True)
+    assert state["step"] == 2 and all(torch.equal(model.state_dict()[k], v) for k, v in second.state_dict().items())
