@@ -11,6 +11,7 @@ Nothing here needs data or weights: this is all `bench validate` does.
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import hashlib
 import json
@@ -98,7 +99,7 @@ class Suite:
     systems: tuple[SystemSpec, ...]
     metrics: tuple[MetricSpec, ...]
     reported: tuple[ReportedRow, ...]
-    resolved: dict  # the merged YAML after includes and overrides (provenance, hashing)
+    resolved: dict  # the merged YAML after includes and overrides, paths resolved (provenance: loads from anywhere)
     overrides: tuple[str, ...] = ()  # the --set assignments it was loaded with (to load it again elsewhere)
 
     def system(self, alias: str) -> SystemSpec:
@@ -320,6 +321,7 @@ def _list_index(node: list, part: str) -> int | None:
 class _Checker:
     def __init__(self, loc: _Located, file: str):
         self.loc, self.file = loc, file
+        self.paths: dict[tuple, str] = {}  # key path -> the path as resolved (`resolve_path`)
 
     def fail(self, path: tuple, message: str) -> typing.NoReturn:
         file, line = self.loc.get(path, (self.file, 1))
@@ -427,7 +429,8 @@ class _Checker:
         self.fail(path, f"unsupported argument type {tp!r} (a bug in the registered args class)")
 
     def resolve_path(self, value: str, path: tuple, folder: bool = False, kind: str = "") -> str:
-        """Expand ~ and $VARS; a relative path is relative to the suite file that wrote it.
+        """Expand ~ and $VARS; a relative path is relative to where it was written: the suite file's folder, or the
+        working directory for a `--set` value.
 
         A clip component's `NAME@PATH` (an open_clip architecture and its weights file, `split_model_path`)
         resolves the PATH part. A bare word without `/` or `.` stays as written (it may name a model or a hub
@@ -440,8 +443,9 @@ class _Checker:
         prefix, sep = (model, "@") if model else ("", "")
         origin, _ = self.loc.get(path, (self.file, 1))
         unset = "$" in rest  # an environment variable that is not set: leave it for the resource check to name
-        if rest and not unset and not os.path.isabs(rest) and not origin.startswith("--set") and (folder or "/" in rest or "." in rest):
-            rest = str((Path(origin).parent / rest).resolve())
+        if rest and not unset and not os.path.isabs(rest) and (folder or "/" in rest or "." in rest):
+            rest = str(((Path.cwd() if origin.startswith("--set") else Path(origin).parent) / rest).resolve())
+        self.paths[path] = prefix + sep + rest
         return prefix + sep + rest
 
     def _bounded(self, value, meta, path):
@@ -586,8 +590,22 @@ def load_suite(path: str | Path, overrides: list[str] | tuple[str, ...] = ()) ->
 
     return Suite(suite=data["suite"], version=data["version"], path=str(path), description=data.get("description", ""),
                  dataset=dataset, generation=generation, components=components,
-                 systems=tuple(systems), metrics=tuple(metrics), reported=reported, resolved=data,
+                 systems=tuple(systems), metrics=tuple(metrics), reported=reported,
+                 resolved=_with_paths(data, c.paths),
                  overrides=tuple(overrides))
+
+
+def _with_paths(data: dict, paths: dict[tuple, str]) -> dict:
+    """A copy of the merged YAML with each path as resolved, so that it loads as the same suite from any folder
+    (a run folder's suite.resolved.json)."""
+    out = copy.deepcopy(data)
+    for path, value in paths.items():
+        node = out
+        for key in path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else node[key] if isinstance(node, list) else None
+        if isinstance(node, dict) and path[-1] in node or isinstance(node, list):
+            node[path[-1]] = value  # a value written there (not a default, nor one inherited from elsewhere)
+    return out
 
 
 def _check_seeds(c: _Checker, seeds: tuple[int, ...], path: tuple, within: tuple[int, ...] | None = None) -> None:

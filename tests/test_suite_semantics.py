@@ -209,7 +209,7 @@ def test_paths_are_taken_from_the_suite_folder_whatever_the_working_directory(tm
                      "bare": "gpt",  # a path-or-model argument: a bare word may name a model
                      "file": f"{sub}/gpt.pt", "var": "/weights/gpt.pt",
                      "unset": "$UNSET_W/gpt.pt",  # left for the resource check to name the variable
-                     "set": "rel/gpt.pt"}  # a --set value stays relative to the working directory
+                     "set": f"{elsewhere}/rel/gpt.pt"}  # a --set value: relative to the working directory
 
 
 def test_a_path_written_in_an_included_file_is_taken_from_that_files_folder(tmp_path):
@@ -405,22 +405,31 @@ def test_the_hash_changes_with_any_edit_that_changes_a_number(tmp_path, old, new
 
 
 # ---- the resolved suite ----------------------------------------------------------------------------------------------
-def test_the_resolved_suite_is_plain_json_that_loads_as_the_same_suite(tmp_path):
+def test_the_resolved_suite_is_plain_json_that_loads_as_the_same_suite_from_another_folder(tmp_path, monkeypatch):
+    """suite.resolved.json lands in the run folder: its relative paths are written resolved (from the suite file's
+    folder; from the working directory for a --set value), so loading it there gives the same suite."""
     tmp_path = tmp_path.resolve()
-    _write(tmp_path, "base.yaml", "suite: r\nversion: 1\ndataset: {name: shapes, resolution: 16}\n"
-                                  "generation: {batch_size: 8, seeds: [0, 1]}\nsystems: [{name: noise}]\n")
-    s = load_suite(_write(tmp_path, "s.yaml", "include: base.yaml\n"
-                                              "dataset: {train_source: {name: imagefolder, root: imgs}}\n"
-                                              "systems: [{name: samples-folder, alias: f, args: {path: out}}]\n"),
-                   ["generation.seeds=[2]", "systems.f.args.uses_captions=false"])
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "suites").mkdir()
+    _write(tmp_path / "suites", "base.yaml", "suite: r\nversion: 1\ndataset: {name: shapes, resolution: 16}\n"
+                                             "generation: {batch_size: 8, seeds: [0, 1]}\nsystems: [{name: noise}]\n")
+    s = load_suite(_write(tmp_path / "suites", "s.yaml", "include: base.yaml\n"
+                                                          "dataset: {train_source: {name: imagefolder, root: imgs}}\n"
+                                                          "systems: [{name: samples-folder, alias: f, args: {path: out}},"
+                                                          " {name: samples-folder, alias: g, args: {path: x}}]\n"),
+                   ["generation.seeds=[2]", "systems.f.args.uses_captions=false", "systems.g.args.path=w/g"])
     expected = {"suite": "r", "version": 1, "generation": {"batch_size": 8, "seeds": [2]},
-                "dataset": {"name": "shapes", "resolution": 16, "train_source": {"name": "imagefolder", "root": "imgs"}},
-                "systems": [{"name": "samples-folder", "alias": "f", "args": {"path": "out", "uses_captions": False}}]}
+                "dataset": {"name": "shapes", "resolution": 16,
+                            "train_source": {"name": "imagefolder", "root": f"{tmp_path}/suites/imgs"}},
+                "systems": [{"name": "samples-folder", "alias": "f",
+                             "args": {"path": f"{tmp_path}/suites/out", "uses_captions": False}},
+                            {"name": "samples-folder", "alias": "g", "args": {"path": f"{tmp_path}/w/g"}}]}
     text = json.dumps(s.resolved, indent=1)  # plain JSON types only: no default= needed
     assert json.loads(text) == expected
-    again = load_suite(_write(tmp_path, "suite.resolved.json", text))  # JSON is YAML: it loads as a suite
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    again = load_suite(_write(tmp_path / "runs" / "r", "suite.resolved.json", text))  # JSON is YAML: loads as a suite
     assert again.hash() == s.hash() and again.overrides == ()
-    assert again.system("f").args.path == f"{tmp_path}/out" and again.seeds_of("f") == (2,)
+    assert again.system("f").args.path == f"{tmp_path}/suites/out" and again.seeds_of("f") == (2,)
 
 
 # ---- through the CLI -----------------------------------------------------------------------------------------------
