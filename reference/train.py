@@ -134,6 +134,12 @@ def _step_generator(seed: int, tag: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(mix_seed(seed, tag, step))
 
 
+def _private_rng(dev: torch.device):
+    """The global RNG forked for a training loop (on `dev` too when CUDA): seeding dropout step by step inside it
+    leaves the caller's RNG state as it was."""
+    return torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # VQGAN
 # ---------------------------------------------------------------------------------------------------------------
@@ -188,8 +194,7 @@ def train_vqgan(images: Tensor, cfg: VQGANConfig | str = "tiny", steps: int | No
     model.train()
     end = steps if stop_after is None else min(steps, stop_after)
     loop = _Loop(save if checkpoint_dir is not None else None, checkpoint_every, steps, start, "vqgan", progress)
-    rng_ctx = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
-    with rng_ctx:
+    with _private_rng(dev):
         for step in range(start, end):
             torch.manual_seed(mix_seed(seed, "dropout", step))  # dropout: seeded by the step, so resume is exact
             for group in opt.param_groups:
@@ -343,8 +348,7 @@ def train_gpt(tokens: Tensor, embeddings: Tensor, cfg: GPTConfig | str = "tiny",
     end = steps if stop_after is None else min(steps, stop_after)
     loop = _Loop(save if checkpoint_dir is not None else None, checkpoint_every, steps, start, "gpt",
                  progress and rank == 0)
-    rng_ctx = torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else [])
-    with rng_ctx:
+    with _private_rng(dev):
         for step in range(start, end):
             torch.manual_seed(mix_seed(seed, "dropout", step, rank))
             for group in opt.param_groups:
