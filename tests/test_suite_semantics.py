@@ -379,6 +379,7 @@ def test_the_hash_is_shared_by_spellings_of_one_suite(tmp_path, monkeypatch):
             "dataset:\n  train_source: {name: imagefolder, root: /imgs, resolution: 16}\n  name: shapes\n"
             "  num_captions: 8\n  resolution: 16\n  seed: 0\n"
             "description: d\nversion: 1\nsuite: h\n", []),
+        "a system given the suite's seeds": (SUITE.replace("{name: noise}", "{name: noise, seeds: [0, 1]}"), []),
         "a merge key": (SUITE.replace("generation: {batch_size: 8, seeds: [0, 1]}",
                                       "generation: {<<: &g {batch_size: 8}, seeds: [0, 1]}"), []),
         "--set": (SUITE.replace("batch_size: 8", "batch_size: 4").replace("fid: 27.1", "fid: 3"),
