@@ -110,8 +110,9 @@ def test_path_is_relative_to_the_suite_file_not_the_current_folder(tmp_path, mon
     assert args.path == str(suites / "samples") and missing_resources(args) == []
     assert SamplesFolder(args, 16).generate(["a"], [0], [0])[0, 0].float().mean() > 250
     assert suite.system("up").args.path == str(elsewhere)
-    # a --set value is the command line's: relative to the current folder, as written
-    assert load_suite(suites / "s.yaml", ["systems.pub.args.path=mine"]).system("pub").args.path == "mine"
+    # a --set value is the command line's: relative to the current folder
+    set_here = load_suite(suites / "s.yaml", ["systems.pub.args.path=mine"])
+    assert set_here.system("pub").args.path == str(elsewhere / "mine")
 
 
 def test_a_mapping_outside_the_folder_is_part_of_what_the_samples_are_made_of(folder, tmp_path_factory):
@@ -158,3 +159,12 @@ def test_random_caption_of_a_samples_folder_needs_every_eval_caption_before_gene
         _write(samples / f"{cid}.png", (cid, 0, 0))
     results = Runner(suite, out_dir=out, limit=4, progress=False, cache=tmp_path / "cache").run()
     assert set(results.frame().system) == {"pub", "random-caption"}
+
+
+@pytest.mark.parametrize("content", [b"", b"not an image\n", b"\x89PNG\r\n\x1a\n\x00\x00"])
+def test_a_file_that_is_no_image_stops_the_run_before_generating(folder, tmp_path, content):
+    (folder / "5.png").write_bytes(content)
+    system = SamplesFolder(SamplesFolderArgs(path=str(folder)), resolution=16)
+    system.check_captions([3, 7])  # the readable ones pass
+    with pytest.raises(UserError, match=r"^samples-folder: the image of caption id 5, .*5\.png, cannot be read"):
+        system.check_captions([3, 5, 7])
