@@ -130,12 +130,20 @@ class SamplesFolder:
                              "files": len(self.files)}}
 
     def check_captions(self, caption_ids: list[int]) -> None:
-        """A UserError naming the first caption id without a readable file, and how many lack one (the runner asks
-        before generating anything)."""
+        """A UserError naming the first caption id without a file, and how many lack one; else the first file that
+        is no image (its header unreadable: empty, text, truncated). The runner asks before generating anything."""
         lacking = [cid for cid in caption_ids if self.files.get(int(cid)) is None or not self.files[int(cid)].is_file()]
         if lacking:
             more = f" ({len(lacking)} of the {len(caption_ids)} captions have none)" if len(lacking) > 1 else ""
             self._file_of(lacking[0], more)
+        for cid in caption_ids:
+            path = self.files[int(cid)]
+            try:
+                with Image.open(path):
+                    pass
+            except OSError as err:
+                raise UserError(f"samples-folder: the image of caption id {cid}, {path}, cannot be read: {err}") \
+                    from None
 
     def _file_of(self, cid: int, more: str = "") -> Path:
         path = self.files.get(int(cid))
