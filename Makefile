@@ -39,7 +39,7 @@ quickstart: $(STAMP)
 
 # The tests, then the CI gates: the ci suite on committed checkpoints, compared with the baseline.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -p no:cacheprovider tests
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=20 tests
 	$(BIN)/bench validate suites/*.yaml
 	@$(MAKE) --no-print-directory gates
 
