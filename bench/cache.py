@@ -213,7 +213,10 @@ def stats_file_key(path: str | Path) -> dict | None:
     import numpy as np
 
     try:
-        with np.load(path, allow_pickle=False) as z:
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):  # a .npy array under the .npz name: no key in it
+            return None
+        with loaded as z:
             key = json.loads(str(z["key"]))
     except NPZ_READ_ERRORS:
         return None
