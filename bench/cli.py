@@ -123,6 +123,9 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
             click.echo(f"shard {rank}/{world} generated")
             return
         if torchrun_world() > 1:
+            if nproc is not None:
+                raise UserError("--nproc does not combine with torchrun: its ranks are the generation processes "
+                                "(leave --nproc out, or start without torchrun)")
             runner, results = run_torchrun(suite, fresh=fresh, **common)
             if results is None:
                 return  # not rank 0: rank 0 measures and prints

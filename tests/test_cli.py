@@ -218,6 +218,12 @@ def test_flags_that_do_not_combine_with_shard_and_a_stray_world_size_are_one_lin
     result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(out)])
     assert result.exit_code == 2 and "torchrun" in result.output and result.output.count("\n") == 1
     assert not out.exists()
+    monkeypatch.setenv("RANK", "1")  # a real torchrun environment: --nproc would be ignored, so it is refused
+    result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(out), "--nproc", "2"])
+    assert result.exit_code == 2 and result.output == ("error: --nproc does not combine with torchrun: its ranks are "
+                                                       "the generation processes (leave --nproc out, or start without "
+                                                       "torchrun)\n")
+    assert not out.exists()
 
 
 def test_a_suite_file_named_like_an_option_runs_sharded(tmp_path, monkeypatch):
