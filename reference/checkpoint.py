@@ -34,16 +34,22 @@ OPTIONAL_FILES = ("train_state.pt", SUMS_FILE)  # a save that does not write one
 
 @contextlib.contextmanager
 def _signals_held():
-    """Ctrl-C and SIGTERM wait (are delivered on leaving) while the block runs; a no-op off the main thread."""
-    held = {signal.SIGINT, signal.SIGTERM}
-    if not hasattr(signal, "pthread_sigmask") or threading.current_thread() is not threading.main_thread():
+    """Ctrl-C and SIGTERM wait while the block runs, then take effect as usual; a no-op off the main thread.
+    Python-level handlers, not a blocked signal mask: a process-directed signal may land on any thread (torch's
+    pools), and the main thread would still raise KeyboardInterrupt mid-block."""
+    if threading.current_thread() is not threading.main_thread():
         yield
         return
-    before = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda number, frame: caught.append(number))
+                for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+        for sig, handler in previous.items():
+            signal.signal(sig, signal.SIG_DFL if handler is None else handler)
+        for sig in dict.fromkeys(caught):
+            signal.raise_signal(sig)
 
 
 def _write_whole(folder: Path, writers: dict) -> None:

@@ -513,26 +513,41 @@ def test_a_save_removes_the_optional_files_of_an_earlier_save(tmp_path):
     assert state is None and all(torch.equal(model.state_dict()[k], v) for k, v in second.state_dict().items())
 
 
-def test_ctrl_c_while_a_save_renames_its_files_waits_until_every_file_is_in_place(tmp_path, monkeypatch):
+@pytest.mark.parametrize("signame", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_while_a_save_renames_its_files_waits_until_every_file_is_in_place(tmp_path, monkeypatch, signame):
+    """Ctrl-C (or SIGTERM, which bench turns into the same interrupt) just after the first rename takes effect once
+    every file is in place, and still stops the program."""
     import os
     import signal
 
     import reference.checkpoint as ck
 
+    class Stopped(KeyboardInterrupt):
+        pass
+
+    def stop(number, frame):
+        raise Stopped
+
     torch.manual_seed(0)
     save_checkpoint(tmp_path / "g", GPT(SMALL_GPT), "gpt", {"step": 1})
     renamed, real_replace = [], os.replace
+    sig = getattr(signal, signame)
 
-    def replace_then_ctrl_c(src, dst):  # Ctrl-C arrives just after the first rename
+    def replace_then_signal(src, dst):
         real_replace(src, dst)
         renamed.append(Path(dst).name)
         if len(renamed) == 1:
-            os.kill(os.getpid(), signal.SIGINT)
+            os.kill(os.getpid(), sig)
 
-    monkeypatch.setattr(ck.os, "replace", replace_then_ctrl_c)
+    monkeypatch.setattr(ck.os, "replace", replace_then_signal)
     second = GPT(SMALL_GPT)
-    with pytest.raises(KeyboardInterrupt):  # still delivered, once the save is whole
-        save_checkpoint(tmp_path / "g", second, "gpt", {"step": 2})
+    before = signal.signal(sig, stop)
+    try:
+        with pytest.raises(Stopped):  # still delivered, to the handler in force, once the save is whole
+            save_checkpoint(tmp_path / "g", second, "gpt", {"step": 2})
+        assert signal.getsignal(sig) is stop
+    finally:
+        signal.signal(sig, before)
     monkeypatch.undo()
     assert sorted(renamed) == ["config.json", "model.safetensors", "train_state.pt"]
     model, state, _ = load_checkpoint(tmp_path / "g", train_state=True)
