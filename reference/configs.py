@@ -12,8 +12,10 @@ whole recipe.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields, replace
-from typing import Any, ClassVar
+from types import UnionType
+from typing import Any, ClassVar, Union, get_args, get_origin, get_type_hints
 
 
 @dataclass(frozen=True)
@@ -201,10 +203,57 @@ def config_to_dict(cfg) -> dict:
 
 
 def config_from_dict(cls, d: dict):
-    known = {f.name: f for f in fields(cls)}
+    """The ``cls`` config of a saved dict (JSON values: lists for tuples); absent fields take their defaults. An
+    unknown field, or a value of the wrong type (a string for an int, true for a float), is a ValueError naming it."""
+    if not isinstance(d, dict):
+        raise ValueError(f"a saved {cls.__name__} must be a JSON object, got {type(d).__name__}")
+    hints = get_type_hints(cls)
+    known = {f.name for f in fields(cls)}
     kwargs = {}
     for k, v in d.items():
         if k not in known:
             raise ValueError(f"unknown {cls.__name__} field {k!r} in saved config")
+        if not value_fits(v, hints[k]):
+            raise ValueError(f"{cls.__name__} field {k!r} must be {describe_type(hints[k])}, got {v!r}")
         kwargs[k] = tuple(v) if isinstance(v, list) else v
     return cls(**kwargs)
+
+
+def value_fits(value: Any, tp: Any, least: int | None = None) -> bool:
+    """Whether ``value`` (a JSON value) can stand for a field of type ``tp``: bool is not a number, an int is a
+    float, a list of the right length and element types is a tuple. ``least``: also bounds, ints >= ``least``
+    (their list elements >= 1) and floats finite and >= 0; None: types only."""
+    args = get_args(tp)
+    if get_origin(tp) in (Union, UnionType):
+        return any(value_fits(value, a, least) for a in args)
+    if get_origin(tp) is tuple:
+        if not isinstance(value, (list, tuple)):
+            return False
+        elems = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
+        inner = None if least is None else 1
+        return len(elems) == len(value) and all(value_fits(v, a, inner) for v, a in zip(value, elems))
+    if tp is Any:
+        return True
+    if tp is int:
+        return isinstance(value, int) and not isinstance(value, bool) and (least is None or value >= least)
+    if tp is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) \
+            and (least is None or (math.isfinite(value) and value >= 0))
+    if tp is type(None):
+        return value is None
+    return isinstance(value, get_origin(tp) or tp)  # bool, str
+
+
+def describe_type(tp: Any, least: int | None = None, plural: bool = False) -> str:
+    """What ``value_fits`` wants, in words: 'an integer >= 1', 'a list of 2 numbers', 'a string or null'."""
+    args = get_args(tp)
+    if get_origin(tp) in (Union, UnionType):
+        return " or ".join(describe_type(a, least, plural) for a in args)
+    if get_origin(tp) is tuple:
+        count = "" if args[-1] is Ellipsis else f"{len(args)} "
+        return f"a list of {count}{describe_type(args[0], None if least is None else 1, plural=True)}"
+    words = {int: ("an integer", "integers"), float: ("a number", "numbers"), bool: ("true or false", "booleans"),
+             str: ("a string", "strings"), type(None): ("null", "nulls")}
+    bounds = {} if least is None else {int: f" >= {least}", float: " >= 0"}
+    name = getattr(get_origin(tp) or tp, "__name__", str(tp))
+    return words.get(tp, (f"a {name}", f"{name} values"))[plural] + bounds.get(tp, "")

@@ -61,15 +61,14 @@ import secrets
 import shutil
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from types import UnionType
-from typing import Any, Iterator, Union, get_args, get_origin, get_type_hints
+from typing import Any, Iterator, get_type_hints
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 from reference.checkpoint import SUMS_FILE
-from reference.configs import PAPER, GPTConfig, VQGANConfig
+from reference.configs import PAPER, GPTConfig, VQGANConfig, describe_type, value_fits
 from reference.errors import first_line, refuse_blank_path
 from reference.safe_unpickle import safe_torch_load
 
@@ -225,44 +224,10 @@ def _checked_overrides(cls, overrides: dict, path: str, **aliases: type) -> dict
     checked = {}
     for name, value in overrides.items():
         least = 0 if name in cls.ZERO_MEANS_OFF else 1
-        if not _fits(value, types[name], least):
-            raise OverrideError(path, name, value, f"{name} must be {_describe(types[name], least)}")
+        if not value_fits(value, types[name], least):
+            raise OverrideError(path, name, value, f"{name} must be {describe_type(types[name], least)}")
         checked[name] = tuple(value) if isinstance(value, list) else value
     return checked
-
-
-def _fits(value: Any, tp: Any, least: int = 1) -> bool:
-    """Whether ``value`` (a JSON value) is a ``tp``; ints at least ``least``, floats finite and >= 0."""
-    args = get_args(tp)
-    if get_origin(tp) in (Union, UnionType):
-        return any(_fits(value, a, least) for a in args)
-    if get_origin(tp) is tuple:
-        if not isinstance(value, (list, tuple)):
-            return False
-        elems = [args[0]] * len(value) if args[-1] is Ellipsis else list(args)
-        return len(elems) == len(value) and all(_fits(v, a) for v, a in zip(value, elems))
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool) and value >= least
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value >= 0
-    if tp is type(None):
-        return value is None
-    return isinstance(value, tp)  # bool, str
-
-
-def _describe(tp: Any, least: int = 1, plural: bool = False) -> str:
-    """What ``_fits`` wants, in words: 'an integer >= 1', 'a list of 2 numbers >= 0', 'a string or null'."""
-    args = get_args(tp)
-    if get_origin(tp) in (Union, UnionType):
-        return " or ".join(_describe(a, least, plural) for a in args)
-    if get_origin(tp) is tuple:
-        count = "" if args[-1] is Ellipsis else f"{len(args)} "
-        return f"a list of {count}{_describe(args[0], plural=True)}"
-    words = {int: ("an integer", "integers", f" >= {least}"), float: ("a number", "numbers", " >= 0"),
-             bool: ("true or false", "booleans", ""), str: ("a string", "strings", ""),
-             type(None): ("null", "nulls", "")}
-    one, many, bound = words.get(tp, (f"a {tp.__name__}", f"{tp.__name__} values", ""))
-    return (many if plural else one) + bound
 
 
 def _apply_overrides(cfg, overrides: dict, path: str):
