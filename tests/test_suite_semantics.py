@@ -275,7 +275,7 @@ def test_seeds_of_and_system_go_by_alias(tmp_path):
 # ---- --set ----------------------------------------------------------------------------------------------------------
 def test_set_finds_list_entries_by_alias_or_by_a_name_that_has_no_alias(tmp_path):
     p = _write(tmp_path, "s.yaml", HEAD + "systems: [{name: noise, alias: n}, {name: random-caption, args: {of: n}}]\n")
-    assert load_suite(p, ["systems.n.seeds=[0]"]).system("n").seeds == (0,)
+    assert load_suite(p, ["generation.seeds=[0, 1]", "systems.n.seeds=[1]"]).system("n").seeds == (1,)
     assert load_suite(p, ["systems.random-caption.args.of=n"]).system("random-caption").args.of == "n"
     assert _error(p, ["systems.noise.seeds=[0]"]) == ("--set:1: systems.noise.seeds: no list entry 'noise' under systems; "
                                                       "allowed: an index 0..1 or one of n, random-caption")
