@@ -66,7 +66,7 @@ def ls_(kind) -> None:
     for line in _table([HEADER, *map(_cells, entries)]):
         click.echo(line)
     incomplete = sum(e.incomplete for e in entries)
-    click.echo(f"{len(entries)} entr{'y' if len(entries) == 1 else 'ies'}, {_human(sum(e.size for e in entries))} in {root}"
+    click.echo(f"{_entries(len(entries))}, {_human(sum(e.size for e in entries))} in {root}"
                + (f" ({incomplete} incomplete)" if incomplete else ""))
 
 
@@ -107,12 +107,12 @@ def prune(days, everything, incomplete, kind, dry_run, yes) -> None:
         if dry_run:
             for line in lines:
                 click.echo(f"would remove  {line}")
-            click.echo(f"would free {total} ({len(chosen)} entries)")
+            click.echo(f"would free {total} ({_entries(len(chosen))})")
             return
         if not yes:
             for line in lines:
                 click.echo(f"remove  {line}")
-            if not _confirm(f"remove these {len(chosen)} entries ({total})?"):
+            if not _confirm(f"remove {'these ' if len(chosen) > 1 else ''}{_entries(len(chosen))} ({total})?"):
                 click.echo("not confirmed: nothing removed", err=True)
                 sys.exit(1)
         freed = 0
@@ -272,6 +272,10 @@ def _when(t: float | None) -> str:
         return time.strftime("%Y-%m-%d %H:%M", time.localtime(t)) if t is not None else "-"
     except (OverflowError, ValueError, OSError):  # a key.json edited to a time no calendar has (1e300, NaN)
         return "?"
+
+
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
 
 
 def _human(n: float) -> str:

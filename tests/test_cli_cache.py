@@ -158,6 +158,8 @@ def test_dry_run_lists_but_removes_nothing(filled):
     assert [line.split()[2] for line in lines[:-1]] == ["clip", "clip", "stats", "vqgan"]
     assert all(line.startswith("would remove  ") for line in lines[:-1])
     assert lines[-1] == "would free 4.5 MiB (4 entries)"
+    one = bench_cache(filled, "prune", "--all", "--kind", "vqgan", "--dry-run").output.splitlines()
+    assert len(one) == 2 and one[-1].startswith("would free ") and one[-1].endswith(" (1 entry)")
 
 
 def test_prune_all_of_one_kind_leaves_the_other_kinds(filled):
