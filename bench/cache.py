@@ -7,6 +7,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import sys
 import tempfile
@@ -195,12 +196,28 @@ def cached_artefact(root: str | Path, kind: str, key: dict, train: Callable[[], 
         (tmp / "key.json").write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
         try:
             tmp.rename(target)
-        except OSError:  # another process finished first: theirs is as good as ours
+        except OSError:  # another process finished first (theirs is as good as ours), or a folder left incomplete
+            if not (target / "key.json").exists() and _set_aside(target):
+                try:
+                    tmp.rename(target)
+                except OSError:
+                    pass
             shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return obj
+
+
+def _set_aside(folder: Path) -> bool:
+    """Rename an artefact folder without key.json (a copy of the cache cut short, a folder made by hand) out of the
+    way, under a temp name that `bench cache` lists as incomplete: otherwise every run would train the artefact
+    again and drop it. False when it cannot be moved."""
+    try:
+        folder.rename(folder.with_name(f".{folder.name}.set_aside_{secrets.token_hex(4)}"))
+    except OSError:
+        return False
+    return True
 
 
 # what reading a damaged or foreign .npz can raise (a compressed member's damage is zlib's error)

@@ -224,6 +224,19 @@ def test_a_folder_without_key_json_is_not_done(tmp_path):
     assert store(tmp_path) == "weights (loaded)"  # the empty folder was replaced by the whole artefact
 
 
+def test_a_folder_left_incomplete_is_set_aside_so_the_artefact_trains_once(tmp_path):
+    """A non-empty folder without key.json (a cache copy cut short) cannot be renamed over: it is moved to a name
+    that `bench cache` lists as incomplete, and the new artefact takes its place, instead of training every time."""
+    target = artefact_dir(tmp_path, "thing", {"a": 1})
+    target.mkdir(parents=True)
+    (target / "w.txt").write_text("half")
+    store = Store()
+    assert store(tmp_path) == "weights" and store(tmp_path) == "weights (loaded)"
+    assert store.calls.count("train") == 1 and (target / "w.txt").read_text() == "weights"
+    aside = [p for p in (tmp_path / "thing").iterdir() if p != target]
+    assert len(aside) == 1 and TEMP_NAME.fullmatch(aside[0].name) and (aside[0] / "w.txt").read_text() == "half"
+
+
 def test_when_a_rival_finishes_first_its_artefact_stays_and_ours_leaves_no_temp_folder(tmp_path):
     theirs = Store("theirs")
 
