@@ -153,19 +153,23 @@ def _scan(kind: str | None) -> tuple[Path, list[Entry]]:
     root = cache_dir()
     if root.exists() and not root.is_dir():
         raise UserError(f"the cache {root} (BENCH_CACHE) is a file, not a folder")
-    kinds = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) if root.exists() else []
-    if kind is not None and kinds and kind not in kinds:
-        raise UserError(f"no kind {kind!r} in {root}; kinds present: {', '.join(kinds)}")
-    entries = []
-    for k in kinds:
-        if kind in (None, k):
-            for path in sorted((root / k).iterdir()):
-                try:
-                    entry = _entry(k, path)
-                except FileNotFoundError:  # removed while we looked
-                    continue
-                if entry is not None:
-                    entries.append(entry)
+    try:
+        kinds = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")) \
+            if root.exists() else []
+        if kind is not None and kinds and kind not in kinds:
+            raise UserError(f"no kind {kind!r} in {root}; kinds present: {', '.join(kinds)}")
+        entries = []
+        for k in kinds:
+            if kind in (None, k):
+                for path in sorted((root / k).iterdir()):
+                    try:
+                        entry = _entry(k, path)
+                    except FileNotFoundError:  # removed while we looked
+                        continue
+                    if entry is not None:
+                        entries.append(entry)
+    except PermissionError as err:  # e.g. a shared cache with another user's entries
+        raise UserError(f"cannot read {err.filename or root} in the cache: permission denied") from None
     return root, sorted(entries, key=lambda e: (e.kind, e.last_used))
 
 

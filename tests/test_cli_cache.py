@@ -452,3 +452,21 @@ def test_reference_statistics_are_keyed_by_extractor_platform_batch_size_and_cod
     monkeypatch.setattr(bench.cache, "library_versions", lambda: {"torch": "0.0"})
     assert cached() is False
     assert len(list((tmp_path / "stats").glob("*.npz"))) == 6
+
+
+@pytest.mark.parametrize("command", [("ls",), ("prune", "--all", "--yes")])
+def test_an_entry_it_may_not_read_is_one_line_and_exit_2(filled, monkeypatch, command):
+    """A shared cache may hold another user's folders: a permission error names the path (tests may run as root, where
+    permissions do not hold, so the refusal is simulated)."""
+    import bench.cli_cache
+
+    def refused(kind, path):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(bench.cli_cache, "_entry", refused)
+    before = sorted(filled.rglob("*"))
+    result = bench_cache(filled, *command)
+    assert result.exit_code == 2 and result.output.count("\n") == 1, result.output
+    assert result.output.startswith(f"error: cannot read {filled}/") and result.output.endswith(
+        " in the cache: permission denied\n")
+    assert sorted(filled.rglob("*")) == before
