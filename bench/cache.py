@@ -100,14 +100,16 @@ def path_stamp(path: str | Path) -> dict:
 
 def _code_of_file(path: Path, qualname: str = "") -> str:
     """A Python file's code as the interpreter sees it: its AST with docstrings removed, so comments, docstrings and
-    formatting do not count. qualname ("function" or "Class.method"): only that definition."""
+    formatting do not count. qualname ("function" or "Class.method"): only that definition, every one of that name
+    when there are several (a redefinition, a property's getter and setter: the one in force may be any)."""
     tree = ast.parse(path.read_bytes(), filename=str(path))
+    nodes = [tree]
     for part in qualname.split(".") if qualname else ():
-        found = [n for n in tree.body if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
-                 and n.name == part]
-        if not found:
+        nodes = [n for node in nodes for n in node.body
+                 if isinstance(n, (ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and n.name == part]
+        if not nodes:
             raise ValueError(f"code_fingerprint: {path} defines no {qualname!r}")
-        tree = found[0]
+    tree = nodes[0] if len(nodes) == 1 else ast.Module(body=nodes, type_ignores=[])
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body \

@@ -107,6 +107,22 @@ def test_a_qualname_entry_follows_its_definition_only(pkg):
     assert _fresh("fp_pkg.classy:fetch") != fetch and _fresh("fp_pkg.classy:Model.forward") == method
 
 
+def test_a_qualname_entry_counts_every_definition_of_its_name(pkg):
+    """Python uses the last definition of a name, and a property's setter shares its getter's name: all count."""
+    twice = CLASSY + "\n\nasync def fetch(x):\n    return x\n"
+    (pkg / "classy.py").write_text(twice)
+    fetch = _fresh("fp_pkg.classy:fetch")
+    (pkg / "classy.py").write_text(twice[:-len("x\n")] + "-x\n")  # the second fetch, the one in force, changed
+    assert _fresh("fp_pkg.classy:fetch") != fetch
+    prop = CLASSY.replace("    def other(self):", "    @property\n    def v(self):\n        return 1\n\n"
+                                                 "    @v.setter\n    def v(self, value):\n        self.w = value\n\n"
+                                                 "    def other(self):")
+    (pkg / "classy.py").write_text(prop)
+    v = _fresh("fp_pkg.classy:Model.v")
+    (pkg / "classy.py").write_text(prop.replace("self.w = value", "self.w = -value"))
+    assert _fresh("fp_pkg.classy:Model.v") != v
+
+
 def test_a_module_moved_within_its_package_changes_the_packages_key(pkg):
     whole = _fresh("fp_pkg")
     (pkg / "sub" / "deep.py").rename(pkg / "sub" / "deeper.py")  # the same code under another import name
