@@ -141,15 +141,17 @@ def run(suite_path, overrides, limit, out_dir, device, fresh, quiet, nproc, shar
     per_caption = load_per_caption(runner.out)
     click.echo(markdown(df, per_caption, headline=True))
     from bench.cache import atomic_write_text
-
-    atomic_write_text(runner.out / "results.md", markdown(df, per_caption) + "\n")
-    click.echo(f"\nall columns: {runner.out / 'results.md'}")
     from bench.datasets.base import build_dataset
 
-    dataset = build_dataset(suite.dataset)
-    items = dataset.eval_captions()[: limit or None]
-    grid = sample_grid(runner.out, {it.caption_id: it.caption for it in items}, [s.alias for s in suite.systems],
-                       suite.generation.seeds[0])
+    try:  # the results are saved: a full disk here loses only the views of them (`bench report` redraws them)
+        atomic_write_text(runner.out / "results.md", markdown(df, per_caption) + "\n")
+        click.echo(f"\nall columns: {runner.out / 'results.md'}")
+        items = build_dataset(suite.dataset).eval_captions()[: limit or None]
+        grid = sample_grid(runner.out, {it.caption_id: it.caption for it in items}, [s.alias for s in suite.systems],
+                           suite.generation.seeds[0])
+    except OSError as err:
+        fail(f"the results are in {runner.out}/results.csv, but {err.filename or 'results.md or grid.png'} could not "
+             f"be written: {err.strerror or err}")
     if grid:
         click.echo(f"\nsample grid: {grid}")
 

@@ -260,3 +260,17 @@ def test_an_empty_out_is_refused(tmp_path):
     result = CliRunner().invoke(cli, ["run", str(REPO / "suites" / "quickstart.yaml"), "--out", ""])
     assert result.exit_code == 2
     assert "--out ''" in result.output and "Traceback" not in result.output
+
+
+def test_a_full_disk_after_the_results_are_saved_is_one_line_naming_them(tmp_path, monkeypatch):
+    import bench.report
+
+    def no_space(out, *args):
+        raise OSError(28, "No space left on device", str(out / "grid.png"))
+
+    monkeypatch.setattr(bench.report, "sample_grid", no_space)
+    out = tmp_path / "run"
+    result = CliRunner().invoke(cli, ["run", _suite(tmp_path), "--out", str(out), "--quiet"])
+    assert result.exit_code == 2 and (out / "results.csv").is_file()
+    assert result.output.splitlines()[-1] == (f"error: the results are in {out}/results.csv, but {out}/grid.png could "
+                                              "not be written: No space left on device")
