@@ -180,6 +180,7 @@ def test_each_backend_name_runs_its_own_implementation_and_auto_follows_the_devi
     (torch.randn(3, 4), torch.randn(5, 4), {"chunk_size": 2.5}, "chunk_size"),
     (torch.randn(3, 4), torch.randn(5, 4), {"chunk_size": "4"}, "chunk_size"),
     (torch.randn(3, 4), torch.randn(5, 4), {"chunk_size": -2}, "chunk_size"),
+    (torch.randn(3, 4), torch.randn(5, 4), {"chunk_size": True}, "chunk_size"),  # a bool is no row count
 ])
 def test_bad_inputs_are_one_clear_value_error(z, e, kwargs, msg):
     with pytest.raises(ValueError, match=msg) as err:
@@ -257,6 +258,7 @@ def test_decode_attention_input_checks_are_one_clear_value_error():
         ((q, k, v[0], 5), "expected q"),
         ((q[None], k, v, 5), "expected q"),
         ((q, k, v, torch.tensor(3 + 0j)), "0-d integer"),
+        ((q, k, v, True), "length must be an int"),  # a bool is no length
     ]
     for args, msg in cases:
         with pytest.raises(ValueError, match=msg) as err:

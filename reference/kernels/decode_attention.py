@@ -49,7 +49,7 @@ def _check(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int | Tensor, ba
             raise ValueError(f"decode_attention: length is on {length.device} but q is on {q.device}")
         if backend != "sdpa":
             raise ValueError("decode_attention: a tensor length (static-shape decoding) needs backend='sdpa'")
-    elif not isinstance(length, int) or not 1 <= length <= t:
+    elif not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= t:
         raise ValueError(f"decode_attention: length must be an int in [1, {t}] (the cache size), got {length!r}")
     if not (q.device == k_cache.device == v_cache.device):
         raise ValueError("decode_attention: q, k_cache and v_cache must be on one device")

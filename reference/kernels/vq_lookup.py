@@ -99,7 +99,7 @@ def _check(z: Tensor, codebook: Tensor, backend: str, chunk_size: int | None) ->
         raise ValueError(f"vq_lookup: z and codebook must be floating point, got {z.dtype} and {codebook.dtype}")
     if z.device != codebook.device:
         raise ValueError(f"vq_lookup: z is on {z.device} but the codebook is on {codebook.device}")
-    if chunk_size is not None and (not isinstance(chunk_size, int) or chunk_size < 1):
+    if chunk_size is not None and (type(chunk_size) is not int or chunk_size < 1):  # a bool is no row count
         raise ValueError(f"vq_lookup: chunk_size must be a positive int or None, got {chunk_size!r}")
 
 
