@@ -20,19 +20,11 @@ import torch
 from reference.kernels import decode_attention, vq_lookup
 from reference.kernels.vq_lookup import distance_error_bound
 from test_kernels_attention import make
-from test_kernels_vq import exact_distances, well_separated
+from test_kernels_vq import exact_distances, exact_fp32, well_separated  # noqa: F401 (autouse fixture)
 
 vq_mod = importlib.import_module("reference.kernels.vq_lookup")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-@pytest.fixture(autouse=True)
-def exact_fp32():
-    old = torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = False
-    yield
-    torch.backends.cuda.matmul.allow_tf32 = old
 
 
 # ---------------------------------------------------------------------------
