@@ -601,12 +601,11 @@ def _with_paths(data: dict, paths: dict[tuple, str]) -> dict:
     """A copy of the merged YAML with each path as resolved, so that it loads as the same suite from any folder
     (a run folder's suite.resolved.json)."""
     out = copy.deepcopy(data)
-    for path, value in paths.items():
+    for (*parents, last), value in paths.items():  # only written values are resolved, never defaults
         node = out
-        for key in path[:-1]:
-            node = node.get(key) if isinstance(node, dict) else node[key] if isinstance(node, list) else None
-        if isinstance(node, dict) and path[-1] in node or isinstance(node, list):
-            node[path[-1]] = value  # a value written there (not a default, nor one inherited from elsewhere)
+        for key in parents:
+            node = node[key]
+        node[last] = value
     return out
 
 
