@@ -197,8 +197,9 @@ def train_vqgan(images: Tensor, cfg: VQGANConfig | str = "tiny", steps: int | No
     with _private_rng(dev):
         for step in range(start, end):
             torch.manual_seed(mix_seed(seed, "dropout", step))  # dropout: seeded by the step, so resume is exact
-            for group in opt.param_groups:
-                group["lr"] = lr if cfg.lr_schedule == "constant" else lr_at(step, lr, warmup, steps)
+            step_lr = lr if cfg.lr_schedule == "constant" else lr_at(step, lr, warmup, steps)
+            for group in (*opt.param_groups, *opt_d.param_groups):  # the discriminator follows the same schedule
+                group["lr"] = step_lr
             x = to_float(images[batches(step)]).to(dev)
             x_rec, idx, qloss, z = model(x)
             rec = reconstruction_loss(x, x_rec, cfg)

@@ -260,6 +260,18 @@ def test_vqgan_resume_with_dropout_is_exact(tmp_path):
     assert not torch.equal(without.decoder.final[-1].weight, straight.decoder.final[-1].weight)  # dropout acts
 
 
+def test_vqgan_cosine_schedule_drives_the_discriminator_too(monkeypatch):
+    """With the GAN on and a cosine schedule, each step's generator and discriminator updates share one lr."""
+    adam = record_steps(monkeypatch, torch.optim.Adam)
+    cfg = with_overrides(VQ16, gan_weight=0.5, gan_start=0, disc_layers=2, restart_dead_every=0, lr_schedule="cosine")
+    steps = 20  # warm-up: 2 steps
+    train_vqgan(images(8), cfg, steps=steps, seed=0, progress=False, batch_size=4, lr=1e-3)
+    lrs = [{lr for lr, _ in call["groups"].values()} for call in adam]
+    assert len(lrs) == 2 * steps and all(len(s) == 1 for s in lrs)
+    want = [lr_at(step, 1e-3, 2, steps) for step in range(steps)]
+    assert [s.pop() for s in lrs] == pytest.approx([w for w in want for _ in range(2)])
+
+
 def test_lr_schedule_anchors():
     """Linear warm-up reaching lr on its last step, cosine from lr down to min_ratio * lr at `total`."""
     lr, warmup, total, r = 2.0, 4, 24, 0.25
