@@ -79,8 +79,22 @@ def platform_key(device: str) -> dict:
     return {"device": device.split(":")[0], "machine": machine_name(device), "libraries": library_versions()}
 
 
+def _jsonable(value: Any) -> Any:
+    """What JSON cannot write: a set as its sorted members (its iteration order changes with PYTHONHASHSEED, so
+    str() of it would give another key in every process), anything else by str() (a Path counts as its text)."""
+    if isinstance(value, (set, frozenset)):
+        return sorted(value, key=canonical_json)
+    return str(value)
+
+
+def canonical_json(value: Any, indent: int | None = None) -> str:
+    """The one JSON text of a key or a provenance record: keys sorted at every depth, sets sorted, other values
+    JSON cannot write by str(), so equal values give equal text in every process."""
+    return json.dumps(value, sort_keys=True, default=_jsonable, indent=indent)
+
+
 def key_hash(key: dict) -> str:
-    return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+    return hashlib.sha256(canonical_json(key).encode()).hexdigest()[:20]
 
 
 def path_stamp(path: str | Path) -> dict:
@@ -195,7 +209,7 @@ def cached_artefact(root: str | Path, kind: str, key: dict, train: Callable[[], 
         tmp.chmod(0o777 & ~_umask())  # mkdtemp's is 0700; give the folder the mode os.mkdir would
         save(obj, str(tmp))
         record = {**full_key, "created": time.time()}  # for `bench cache ls` (a copy keeps it; mtimes do not)
-        (tmp / "key.json").write_text(json.dumps(record, indent=1, sort_keys=True, default=str))
+        (tmp / "key.json").write_text(canonical_json(record, indent=1))
         try:
             tmp.rename(target)
         except OSError:  # another process finished first (theirs is as good as ours), or a folder left incomplete

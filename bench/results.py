@@ -22,7 +22,7 @@ import pandas as pd
 
 import bench
 from bench.api import UserError
-from bench.cache import atomic_write_bytes, atomic_write_text, library_versions
+from bench.cache import atomic_write_bytes, atomic_write_text, canonical_json, library_versions
 from bench.suite import args_dict
 from reference.errors import first_line
 
@@ -50,7 +50,7 @@ def versions() -> str:
 
 
 def args_hash(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(canonical_json(parts).encode()).hexdigest()[:12]
 
 
 def _now() -> str:
@@ -74,7 +74,7 @@ def measured_row(suite, system_spec, system, metric_spec, value, seed: int, devi
         "args_hash": args_hash(system_spec.name, args_dict(system_spec.args), metric_spec.name,
                                args_dict(metric_spec.args)),
         "git_sha": git_sha(), "versions": versions(), "device": device, "timestamp": _now(),
-        "extra": json.dumps(extra, sort_keys=True, default=str),
+        "extra": canonical_json(extra),
     }
 
 
@@ -88,7 +88,7 @@ def component_row(suite, component: str, metric: str, variant: str, value: float
         "value": float(value), "n": int(n), "seed": -1, "source": "measured", "citation": "",
         "args_hash": args_hash(spec.kind, spec.path, args_dict(spec.train)), "git_sha": git_sha(),
         "versions": versions(), "device": device, "timestamp": _now(),
-        "extra": json.dumps(extra or {}, sort_keys=True, default=str),
+        "extra": canonical_json(extra or {}),
     }
 
 

@@ -30,7 +30,8 @@ from PIL import Image
 from bench.api import CaptionItem, RunContext, SampleBatch, TimingRecord, UserError
 from bench.build import Builder, default_threads
 from bench.build_pool import ready_builder
-from bench.cache import atomic_write_bytes, cache_dir, code_fingerprint, key_hash, machine_name, platform_key
+from bench.cache import (atomic_write_bytes, cache_dir, canonical_json, code_fingerprint, key_hash, machine_name,
+                         platform_key)
 from bench.datasets.base import build_dataset
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS
 from bench.results import Results, measured_row
@@ -319,7 +320,7 @@ class Runner:
                     path.unlink()
                 for path in (self.out / "timings" / alias).glob(f"seed{seed}.*jsonl"):
                     path.unlink()
-            atomic_write_bytes(folder / "made-by.json", json.dumps(made, indent=1, sort_keys=True, default=str).encode())
+            atomic_write_bytes(folder / "made-by.json", canonical_json(made, indent=1).encode())
 
     def generate(self, alias: str, system: Any, items: list[CaptionItem], seed: int) -> None:
         folder = self.sample_dir(alias, seed)

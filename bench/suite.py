@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import re
 import types
 import typing
@@ -25,6 +24,7 @@ from typing import Any, Iterator
 import yaml
 
 from bench.api import ComponentSpec, UserError
+from bench.cache import canonical_json
 from bench.registry import COMPONENTS, DATASETS, METRICS, SYSTEMS, Registry
 from reference.errors import first_line
 
@@ -119,7 +119,7 @@ class Suite:
         checked = dataclasses.asdict(self)
         for provenance_only in ("path", "resolved", "overrides"):
             del checked[provenance_only]
-        return hashlib.sha256(json.dumps(checked, sort_keys=True, default=str).encode()).hexdigest()[:12]
+        return hashlib.sha256(canonical_json(checked).encode()).hexdigest()[:12]
 
 
 # ---- YAML with line numbers -----------------------------------------------------------------

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
+import sys
 from importlib.metadata import version
 from pathlib import Path
 
@@ -38,6 +40,16 @@ def test_key_hash_ignores_key_order_at_every_depth_but_not_list_order():
     assert h != key_hash({"x": 1, "y": {"b": [2, 1], "a": "s"}})
     assert len(h) == 20 and int(h, 16) >= 0  # the folder names `bench cache` lists
     assert key_hash({"p": Path("/a/b")}) == key_hash({"p": "/a/b"})  # a value JSON cannot write counts by str()
+
+
+def test_key_hash_of_a_set_is_the_same_in_every_process():
+    """A set of strings iterates in an order that PYTHONHASHSEED changes; its key must not."""
+    code = ("from bench.cache import key_hash; "
+            "print(key_hash({'s': {'alpha', 'beta', 'gamma', 'delta', 'epsilon'}, 'f': frozenset({3, 1, 2})}))")
+    hashes = {subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONHASHSEED": str(seed)},
+                             capture_output=True, text=True, check=True).stdout.strip() for seed in range(6)}
+    assert len(hashes) == 1
+    assert hashes.pop() == key_hash({"s": ["alpha", "beta", "delta", "epsilon", "gamma"], "f": [1, 2, 3]})
 
 
 def test_library_versions_name_torch_with_its_build_tag_and_absent_libraries(monkeypatch):

@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from bench.api import RunContext, SampleBatch
-from bench.cache import (NPZ_READ_ERRORS, atomic_write_bytes, code_fingerprint, code_home, key_hash, mark_used,
+from bench.cache import (NPZ_READ_ERRORS, atomic_write_bytes, canonical_json, code_fingerprint, code_home, key_hash, mark_used,
                          platform_key, stats_file_key)
 from bench.features import build_extractor, gaussian_blur
 
@@ -139,7 +139,7 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
                                                                               *ctx.dataset.code_modules()))),
            "platform": platform_key(ctx.device), "batch_size": batch_size}
     path = Path(ctx.cache_dir) / "stats" / f"{key_hash(key)}.npz"
-    if stats_file_key(path) == json.loads(json.dumps(key, sort_keys=True, default=str)):  # else rewritten below
+    if stats_file_key(path) == json.loads(canonical_json(key)):  # else rewritten below
         try:
             with np.load(path, allow_pickle=False) as z:
                 stats = FeatureStats(z["features"], z["mu"], z["sigma"])
@@ -156,7 +156,7 @@ def reference_stats(ctx: RunContext, extractor: Any, blur: float, batch_size: in
     stats = feature_stats(torch.cat(chunks))
     buf = io.BytesIO()
     np.savez(buf, features=stats.features, mu=stats.mu, sigma=stats.sigma,
-             key=np.array(json.dumps(key, sort_keys=True, default=str)))
+             key=np.array(canonical_json(key)))
     try:
         atomic_write_bytes(path, buf.getvalue())  # a reader sees the old file or the whole new one
     except OSError as err:  # a read-only or full cache: the numbers stand, the next run computes them again
