@@ -4,7 +4,10 @@ q [B,H,Dh] attends to cache positions [0, length) of k_cache / v_cache
 [B,H,T,Dh]; the new token's own key and value are already written at position
 length - 1. ``length`` is an int (positions >= length are never read), or a
 0-d integer tensor for static-shape decoding under torch.compile: then the
-whole cache is read and positions >= length are masked out (sdpa only).
+whole cache is read and positions >= length are masked out (sdpa only). A
+tensor length's value is not checked (that would cost a host sync per token):
+the caller keeps it in [1, T] (0 masks every position, one past T reads the
+whole cache, neither raises).
 
 Backends:
 - ``sdpa``   : torch ``scaled_dot_product_attention`` over the sliced cache
@@ -49,7 +52,7 @@ def _check(q: Tensor, k_cache: Tensor, v_cache: Tensor, length: int | Tensor, ba
             raise ValueError(f"decode_attention: length is on {length.device} but q is on {q.device}")
         if backend != "sdpa":
             raise ValueError("decode_attention: a tensor length (static-shape decoding) needs backend='sdpa'")
-    elif not isinstance(length, int) or isinstance(length, bool) or not 1 <= length <= t:
+    elif type(length) is not int or not 1 <= length <= t:  # a bool is no position count
         raise ValueError(f"decode_attention: length must be an int in [1, {t}] (the cache size), got {length!r}")
     if not (q.device == k_cache.device == v_cache.device):
         raise ValueError("decode_attention: q, k_cache and v_cache must be on one device")
