@@ -182,7 +182,9 @@ def prebuild(builder: Builder, workers: int, log_dir: Path, progress: bool) -> N
                     wanted = need.item
                     if wanted in trained:
                         raise RuntimeError(f"{wanted[0]} {wanted[1]!r} was trained by a worker but its artefact is "
-                                           f"not in the cache {builder.cache_dir}") from None
+                                           f"not in the cache {builder.cache_dir} under the key this process asks "
+                                           "for: was its code or an input file edited while the run went on (the "
+                                           "key names both)? Run again") from None
                     in_training = wanted in running or any(w.artefact == need.artefact for w in running.values())
                     if not in_training and len(running) < workers:  # else: load it once its worker is done
                         log = log_dir / f"{wanted[0]}-{wanted[1]}.log"
