@@ -53,24 +53,32 @@ def library_versions() -> dict[str, str]:
 
 
 @functools.lru_cache(maxsize=8)
-def machine_name(device: str) -> str:
-    """The processor that computes on `device`: the GPU's model for "cuda[:i]", else the CPU's model name (from
-    /proc/cpuinfo; `platform.processor()` elsewhere). Two CPU models may run another kernel for the same fp32
-    product (AVX2 or AVX-512, another blocking): the same recipe gives other weights on each."""
+def machine_name(device: str, cpuinfo: str = "/proc/cpuinfo") -> str:
+    """The processor that computes on `device`: the GPU's model for "cuda[:i]"; for a CPU its model name, CPU
+    family and model numbers (from the first processor in /proc/cpuinfo; `platform.processor()` elsewhere) and the
+    instruction set torch dispatches to. Two CPU models may run another kernel for the same fp32 product (AVX2 or
+    AVX-512, another blocking), so the same recipe gives other weights on each, and a VM may give two generations
+    one model name ("AMD EPYC": a Zen 3 and a Zen 4)."""
     import platform
 
-    if device.startswith("cuda"):
-        import torch
+    import torch
 
+    if device.startswith("cuda"):
         return torch.cuda.get_device_name(device) if torch.cuda.is_available() else "cuda (not available)"
+    fields: dict[str, str] = {}
     try:
-        with open("/proc/cpuinfo") as fh:
+        with open(cpuinfo) as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                name, colon, value = line.partition(":")
+                if not colon and fields:  # the blank line after the first processor's block
+                    break
+                fields.setdefault(name.strip(), value.strip())
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    model = fields.get("model name") or platform.processor() or platform.machine() or "unknown"
+    numbers = ", ".join(f"{field} {fields[field]}" for field in ("cpu family", "model") if fields.get(field))
+    isa = torch.backends.cpu.get_cpu_capability()
+    return f"{model} ({numbers}; {isa})" if numbers else f"{model} ({isa})"
 
 
 def platform_key(device: str) -> dict:

@@ -66,7 +66,7 @@ def test_machine_name_is_the_cpu_model_or_the_model_of_the_gpu_named(monkeypatch
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as fh:
             model = next((line.partition(":")[2].strip() for line in fh if line.startswith("model name")), None)
-    assert machine_name.__wrapped__("cpu") == (model or platform.processor() or platform.machine() or "unknown")
+    assert machine_name.__wrapped__("cpu").startswith(model or platform.processor() or platform.machine() or "unknown")
     asked = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: asked.append(device) or f"GPU of {device}")
@@ -74,6 +74,26 @@ def test_machine_name_is_the_cpu_model_or_the_model_of_the_gpu_named(monkeypatch
     assert machine_name.__wrapped__("cuda") == "GPU of cuda" and asked == ["cuda:1", "cuda"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert machine_name.__wrapped__("cuda:0") == "cuda (not available)"
+
+
+def test_machine_name_tells_apart_cpu_generations_that_share_a_model_name(tmp_path, monkeypatch):
+    """A VM may call a Zen 3 and a Zen 4 both "AMD EPYC"; they run other kernels (AVX2, AVX-512) and so train
+    other weights: the CPU family and model numbers and torch's instruction set tell them apart."""
+    def cpuinfo(model: int) -> str:
+        block = "processor\t: {}\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: {}\nmodel name\t: AMD EPYC\n\n"
+        path = tmp_path / f"cpuinfo-{model}"
+        path.write_text(block.format(0, model) + block.format(1, 99))  # the first processor's block counts
+        return str(path)
+
+    isa = torch.backends.cpu.get_cpu_capability()
+    zen3 = machine_name.__wrapped__("cpu", cpuinfo(1))
+    assert zen3 == f"AMD EPYC (cpu family 25, model 1; {isa})"
+    assert machine_name.__wrapped__("cpu", cpuinfo(17)) == f"AMD EPYC (cpu family 25, model 17; {isa})"
+    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "ANOTHER-ISA")
+    assert machine_name.__wrapped__("cpu", cpuinfo(1)) == "AMD EPYC (cpu family 25, model 1; ANOTHER-ISA)"
+    (tmp_path / "bare").write_text("processor\t: 0\n")  # no model fields (some ARM kernels): the platform's name
+    assert machine_name.__wrapped__("cpu", str(tmp_path / "bare")) == \
+        f"{platform.processor() or platform.machine() or 'unknown'} (ANOTHER-ISA)"
 
 
 # ---- code_fingerprint: docstrings never count, code always does ----------------------------------------------
