@@ -29,18 +29,10 @@ from typing import Callable
 
 import torch
 
+from bench.cache import machine_name
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "benchmarks"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
 
 
 def machine_info() -> dict:
@@ -51,7 +43,7 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
-        "device_name": torch.cuda.get_device_name() if cuda else _cpu_name(),
+        "device_name": machine_name("cuda" if cuda else "cpu"),
         "load_average": os.getloadavg() if hasattr(os, "getloadavg") else None,
     }
 
