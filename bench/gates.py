@@ -10,7 +10,8 @@ Tolerance file (YAML, default `<baseline>.tolerances.yaml` beside the baseline C
 A gate applies to every system that has the number in the baseline (or only to
 `system:` when given). The compared value is the mean over seeds. A number
 moving the bad way by more than `max_move` (absolute) or `max_move_pct`
-(percent of the baseline) fails; a gated number missing from the run fails too.
+(percent of the baseline) fails; a gated number missing from the run fails too, unless the gate says
+`optional: true` (a number some machines do not measure, e.g. bf16 training where bf16 is only emulated).
 """
 from __future__ import annotations
 
@@ -35,6 +36,7 @@ class Gate:
     max_move: float | None
     max_move_pct: float | None
     system: str | None
+    optional: bool = False  # the run may leave the number out; when it has it, it is gated as any other
 
 
 def load_gates(path: Path) -> list[Gate]:
@@ -56,9 +58,11 @@ def load_gates(path: Path) -> list[Gate]:
             raise UserError(f"{path}: gates[{i}]: needs metric: and better: higher|lower")
         if (g.get("max_move") is None) == (g.get("max_move_pct") is None):
             raise UserError(f"{path}: gates[{i}]: give exactly one of max_move or max_move_pct")
-        unknown = set(g) - {"metric", "variant", "better", "max_move", "max_move_pct", "system"}
+        unknown = set(g) - {"metric", "variant", "better", "max_move", "max_move_pct", "system", "optional"}
         if unknown:
             raise UserError(f"{path}: gates[{i}]: unknown keys {sorted(unknown)}")
+        if not isinstance(g.get("optional", False), bool):
+            raise UserError(f"{path}: gates[{i}]: optional must be true or false, got {g['optional']!r}")
         moves = {}
         for key in ("max_move", "max_move_pct"):
             v = g.get(key)
@@ -69,7 +73,7 @@ def load_gates(path: Path) -> list[Gate]:
             else:
                 moves[key] = float(v)
         gates.append(Gate(str(g["metric"]), str(g.get("variant", "") or ""), g["better"], moves["max_move"],
-                          moves["max_move_pct"], g.get("system")))
+                          moves["max_move_pct"], g.get("system"), g.get("optional", False)))
     return gates
 
 
@@ -146,6 +150,10 @@ def compare_run(run_dir: str | Path, baseline_csv: str | Path, tolerances: str |
             allowed = gate.max_move if gate.max_move is not None else abs(b) * gate.max_move_pct / 100
             label = f"{key[0]}  {key[1]}{('/' + key[2]) if key[2] else ''}"
             if key not in run_m:
+                if gate.optional:
+                    checked -= 1
+                    lines.append(f"skip  {label}: not measured in this run (optional gate; baseline {b:.4g})")
+                    continue
                 failed += 1
                 lines.append(f"FAIL  {label}: missing from the run (baseline {b:.4g})")
                 continue

@@ -137,6 +137,21 @@ def test_a_gated_number_missing_from_the_run_fails(setup):
     assert not ok and "missing from the run" in table
 
 
+def test_an_optional_gate_may_be_missing_but_is_gated_when_measured(setup):
+    """optional: true (bf16 training, measured only where bf16 is native): absent passes and says so; present, it
+    is held to its tolerance like any other."""
+    (setup / "base.tolerances.yaml").write_text(TOL.replace("max_move_pct: 10}", "max_move_pct: 10, optional: true}"))
+    _rows({("g", "attribute-accuracy", "seen/all"): [0.81, 0.81]}).to_csv(setup / "run" / "results.csv", index=False)
+    ok, table = compare_run(setup / "run", setup / "base.csv")
+    assert ok and table.startswith("1/1 gated numbers within tolerance")
+    assert "skip  g  fd-effnet-lite0/blur=0: not measured in this run (optional gate; baseline 50)" in table
+    assert _run(setup, [0.81, 0.81], [54.0]).exit_code == 0
+    assert _run(setup, [0.81, 0.81], [56.0]).exit_code == 1  # +12% > 10%
+    (setup / "base.tolerances.yaml").write_text(TOL.replace("max_move_pct: 10}", "max_move_pct: 10, optional: 1}"))
+    result = _run(setup, [0.81, 0.81], [50.0])
+    assert result.exit_code == 2 and "optional must be true or false, got 1" in result.output
+
+
 @pytest.mark.parametrize("breakage", ["no-run", "bad-tolerances", "not-a-csv", "gate-matches-nothing", "other-suite",
                                       "fewer-captions"])
 def test_bad_input_exits_2(setup, breakage):
