@@ -23,8 +23,8 @@ import torch
 from torch import Tensor
 
 from bench.api import RunContext, SampleBatch
-from bench.cache import (NPZ_READ_ERRORS, atomic_write_bytes, canonical_json, code_fingerprint, code_home, key_hash, mark_used,
-                         platform_key, stats_file_key)
+from bench.cache import (NPZ_READ_ERRORS, atomic_write_bytes, canonical_json, code_fingerprint, code_home, key_hash,
+                         mark_used, platform_key, stats_file_key)
 from bench.features import build_extractor, gaussian_blur
 
 STATS_FORMAT = 1  # bump when the stored layout changes (the code computing it is in the key)
